@@ -1,0 +1,325 @@
+"""The one checkpoint loader: our single-file format and third-party layouts, strict and safe.
+
+Our format is one ``.safetensors`` file whose keys carry module prefixes (``appearance.``, ``keypoints.``,
+``motion.``, ``dense_motion.``, ``generator.``, ``discriminator.``, ...) and whose metadata holds
+``format`` = ``anytalk``, ``format_version`` and ``config`` (the :class:`ModelConfig` as JSON, with the
+family, convention and sizes) plus optional ``provenance`` JSON.
+
+Third-party files are recognised by their keys and mapped by prefix rewriting; pickles are only ever
+opened with ``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` whose one-line
+message names the file and what is wrong; nothing is ever partially loaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .io_utils import atomic_write_path
+from .models.base import TalkingHeadModel
+from .models.config import FORMAT_VERSION, ModelConfig
+from .models.registry import FAMILIES, ShapeError, StateDict, build_model, get_family
+
+FORMAT_NAME = "anytalk"
+PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model; the message names the file."""
+
+
+@dataclass
+class LoadedWeights:
+    """A checkpoint read into our key layout, before a model is built."""
+
+    path: str
+    family: str
+    state: StateDict
+    config: ModelConfig | None = None  # from metadata, when the file is ours
+    provenance: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the loader decided (shown to the user)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading raw files
+# ------------------------------------------------------------------------------------------------
+
+def read_safetensors(path: str) -> tuple[StateDict, dict[str, str]]:
+    """All tensors and the metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {_short(exc)})") from None
+
+
+def read_pickle(path: str) -> object:
+    """``torch.load(weights_only=True)``: plain tensors and containers only, never code."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise CheckpointError(
+                f"{path}: refusing to load: the pickle needs code to run to load it (only plain tensors are "
+                "accepted); convert it where you trust it, or use a .safetensors file") from None
+        raise CheckpointError(f"{path}: not a torch checkpoint ({_short(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt: {_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:160] + ("..." if len(text) > 160 else "")
+
+
+def read_file(path: str) -> tuple[dict, dict[str, str]]:
+    """Read a weights file of either kind into (mapping, metadata)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CheckpointError(f"{path}: empty file")
+    if path.endswith(".safetensors") or not path.endswith(PICKLE_SUFFIXES):
+        if _looks_like_safetensors(head):
+            return read_safetensors(path)
+        if not path.endswith(".safetensors") and (head[:2] == b"PK" or head[:1] == b"\x80"):
+            obj = read_pickle(path)
+            return (obj if isinstance(obj, dict) else {}), {}
+        raise CheckpointError(f"{path}: not a safetensors file (bad header)")
+    obj = read_pickle(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: a torch file holding a {type(obj).__name__}, not a dict of state dicts")
+    return obj, {}
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < 100_000_000 and head[8:9] == b"{"
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout recognition: each reader maps a file (or folder) into our key layout, or returns None
+# ------------------------------------------------------------------------------------------------
+
+Reader = Callable[[str, str], "LoadedWeights | None"]  # (path, requested family) -> weights or None
+READERS: list[Reader] = []
+
+
+def register_reader(reader: Reader) -> None:
+    """Add a layout reader (model families call this when their module is imported)."""
+    READERS.append(reader)
+
+
+FACE_VID2VID_MODULES = ("generator", "kp_detector", "he_estimator")
+APPEARANCE_KEYS = ("first.", "down_blocks.", "second.", "resblocks_3d.")
+
+
+def map_face_vid2vid(modules: dict[str, StateDict]) -> StateDict:
+    """face-vid2vid state dicts {generator, kp_detector, he_estimator[, discriminator]} -> our flat keys."""
+    out: StateDict = {}
+    for key, value in modules["generator"].items():
+        if key.startswith("dense_motion_network."):
+            out["dense_motion." + key[len("dense_motion_network."):]] = value
+        elif key.startswith(APPEARANCE_KEYS):
+            out["appearance." + key] = value
+        else:
+            out["generator." + key] = value
+    for key, value in modules["kp_detector"].items():
+        out["keypoints." + key] = value
+    for key, value in modules["he_estimator"].items():
+        out["motion." + key] = value
+    for key, value in modules.get("discriminator", {}).items():
+        out["discriminator." + key] = value
+    return out
+
+
+def _strip_module_prefix(state: dict) -> dict:
+    """Remove a DataParallel ``module.`` prefix when every key has it."""
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_ours(path: str, family: str) -> LoadedWeights | None:
+    if os.path.isdir(path) or not path.endswith(".safetensors"):
+        return None
+    state, meta = read_file(path)
+    if meta.get("format") != FORMAT_NAME:
+        return None
+    try:
+        version = int(meta.get("format_version", "0"))
+        config = ModelConfig.from_json(meta["config"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable config metadata ({_short(exc)})") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
+    provenance = json.loads(meta.get("provenance", "{}") or "{}")
+    return LoadedWeights(path, config.family, state, config, provenance)
+
+
+def read_face_vid2vid(path: str, family: str) -> LoadedWeights | None:
+    if os.path.isdir(path) or family not in ("auto", "face_vid2vid"):
+        return None
+    raw, meta = read_file(path)
+    if meta.get("format") == FORMAT_NAME:
+        return None
+    if all(isinstance(raw.get(m), dict) for m in FACE_VID2VID_MODULES):  # the released .pth.tar dict
+        modules = {m: _strip_module_prefix(raw[m]) for m in (*FACE_VID2VID_MODULES, "discriminator") if isinstance(raw.get(m), dict)}
+    elif any(isinstance(k, str) and k.startswith("kp_detector.") for k in raw):  # flattened twin
+        modules = {}
+        for key, value in raw.items():
+            head, _, rest = key.partition(".")
+            modules.setdefault(head, {})[rest] = value
+        if not all(m in modules for m in FACE_VID2VID_MODULES):
+            missing = [m for m in FACE_VID2VID_MODULES if m not in modules]
+            raise CheckpointError(f"{path}: face-vid2vid checkpoint without the {', '.join(missing)} weights")
+    else:
+        return None
+    for name, module in modules.items():
+        if not all(isinstance(v, torch.Tensor) for v in module.values()):
+            raise CheckpointError(f"{path}: '{name}' is not a state dict of tensors")
+    return LoadedWeights(path, "face_vid2vid", map_face_vid2vid(modules),
+                         notes=["face-vid2vid checkpoint (released layout)"])
+
+
+register_reader(read_ours)
+register_reader(read_face_vid2vid)
+
+
+def read_weights(path: str | os.PathLike, family: str = "auto") -> LoadedWeights:
+    """Read any supported checkpoint into our layout (no model built yet)."""
+    path = os.fspath(path)
+    if family != "auto":
+        get_family(family)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    for reader in READERS:
+        weights = reader(path, family)
+        if weights is not None:
+            if family not in ("auto", weights.family) and not weights.family.startswith(family):
+                raise CheckpointError(f"{path}: holds a {weights.family} model, not the requested {family}")
+            return weights
+    raise CheckpointError(
+        f"{path}: not a recognised checkpoint (expected an AnyTalk .safetensors, a face-vid2vid .pth.tar with "
+        "generator/kp_detector/he_estimator, or a LivePortrait folder or module file)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and strict loading
+# ------------------------------------------------------------------------------------------------
+
+def check_state_dict(path: str, model: torch.nn.Module, state: StateDict) -> None:
+    """Raise one CheckpointError listing missing, unexpected and mis-shaped tensors (if any)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        if items:
+            shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{path}: does not fit the model ({'; '.join(problems)})")
+
+
+def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
+                       config_overrides: dict | None = None) -> TalkingHeadModel:
+    """Build the model the weights describe and load them strictly (eval mode, float32, CPU)."""
+    spec = get_family(weights.family)
+    config = weights.config
+    if config is None:
+        try:
+            config = spec.infer_config(weights.state)
+        except ShapeError as exc:
+            raise CheckpointError(f"{weights.path}: not a complete {spec.display_name} checkpoint ({exc})") from None
+    if config_overrides:
+        merged = config.to_dict()
+        _deep_update(merged, config_overrides)
+        config = ModelConfig.from_dict(merged)
+    state = dict(weights.state)
+    if not with_discriminator:
+        state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
+    model = build_model(config, with_discriminator=with_discriminator)
+    check_state_dict(weights.path, model, state)
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()},
+                          strict=True)
+    model.provenance = weights.provenance
+    model.load_notes = list(weights.notes)
+    model.source_path = weights.path
+    return model.eval()
+
+
+def _deep_update(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator: bool = False,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               config_overrides: dict | None = None) -> TalkingHeadModel:
+    """Load any supported checkpoint (file or LivePortrait folder) into an eval-mode model."""
+    weights = read_weights(path, family)
+    model = model_from_weights(weights, with_discriminator=with_discriminator, config_overrides=config_overrides)
+    return model.to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+def save_checkpoint(model: TalkingHeadModel, path: str | os.PathLike, provenance: dict | None = None,
+                    overwrite: bool = False, include_discriminator: bool = True) -> str:
+    """Write our single-file format atomically; refuses to replace an existing file unless asked."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: AnyTalk checkpoints are written as .safetensors files")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+             if include_discriminator or not k.startswith("discriminator.")}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "family": model.config.family,
+        "config": model.config.to_json(),
+        "provenance": json.dumps(provenance or getattr(model, "provenance", {}) or {}, sort_keys=True),
+    }
+    with atomic_write_path(path, overwrite=overwrite) as tmp:
+        save_file(state, tmp, metadata=meta)
+    return path
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, family: str = "auto", overwrite: bool = False) -> str:
+    """Read any supported checkpoint and write it in our format (never over ``dst`` unless asked)."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise CheckpointError(f"{dst}: already exists; choose another output name (nothing was written)")
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise CheckpointError(f"{dst}: the output would replace the input")
+    weights = read_weights(src, family)
+    model = model_from_weights(weights, with_discriminator=any(k.startswith("discriminator.") for k in weights.state))
+    provenance = {"converted_from": os.path.basename(src), "source_family": weights.family, **weights.provenance}
+    return save_checkpoint(model, dst, provenance=provenance, overwrite=overwrite)
+
+
+def known_families() -> list[str]:
+    return sorted(FAMILIES)

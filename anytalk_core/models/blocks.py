@@ -1,0 +1,210 @@
+"""Building blocks shared by the networks of both model families.
+
+Attribute names follow the released face-vid2vid / LivePortrait state dicts (``conv``, ``norm``, ...), so
+third-party weights load by prefix rewriting alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SameBlock2d(nn.Module):
+    """Conv, BatchNorm, ReLU (or LeakyReLU 0.01) at the same resolution."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, lrelu: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm2d(out_features, affine=True)
+        self.lrelu = lrelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norm(self.conv(x))
+        return F.leaky_relu(out) if self.lrelu else F.relu(out)
+
+
+class DownBlock2d(nn.Module):
+    """Conv 3x3, BatchNorm, ReLU, 2x2 average pool."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_features, out_features, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm2d(out_features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.relu(self.norm(self.conv(x))), (2, 2))
+
+
+class DownBlock3d(nn.Module):
+    """Conv 3x3x3, BatchNorm, ReLU, average pool (1, 2, 2)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv3d(in_features, out_features, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm3d(out_features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), (1, 2, 2))
+
+
+class UpBlock3d(nn.Module):
+    """Nearest upsample (1, 2, 2), conv 3x3x3, BatchNorm, ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv3d(in_features, out_features, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.BatchNorm3d(out_features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.interpolate(x, scale_factor=(1, 2, 2))
+        return F.relu(self.norm(self.conv(out)))
+
+
+class ResBlock3d(nn.Module):
+    """Pre-activation 3D residual block: BN, ReLU, conv, BN, ReLU, conv, + input."""
+
+    def __init__(self, features: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv3d(features, features, kernel_size, padding=kernel_size // 2)
+        self.conv2 = nn.Conv3d(features, features, kernel_size, padding=kernel_size // 2)
+        self.norm1 = nn.BatchNorm3d(features, affine=True)
+        self.norm2 = nn.BatchNorm3d(features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        return out + x
+
+
+def hourglass_widths(block_expansion: int, max_features: int, num_blocks: int) -> list[int]:
+    """Channel width at each hourglass level i = 0..num_blocks: ``min(max_features, be * 2**i)``."""
+    return [min(max_features, block_expansion * 2 ** i) for i in range(num_blocks + 1)]
+
+
+class Encoder3d(nn.Module):
+    """Hourglass encoder; returns the input and every block's output (finest first)."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        widths = hourglass_widths(block_expansion, max_features, num_blocks)
+        self.down_blocks = nn.ModuleList(
+            DownBlock3d(in_features if i == 0 else widths[i], widths[i + 1]) for i in range(num_blocks)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = [x]
+        for block in self.down_blocks:
+            outs.append(block(outs[-1]))
+        return outs
+
+
+class Decoder3d(nn.Module):
+    """Hourglass decoder with skip concatenation ``[decoded, skip]`` and a final conv + BN + ReLU."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        widths = hourglass_widths(block_expansion, max_features, num_blocks)
+        self.up_blocks = nn.ModuleList(
+            UpBlock3d((1 if i == num_blocks - 1 else 2) * widths[i + 1], widths[i])
+            for i in reversed(range(num_blocks))
+        )
+        self.out_filters = block_expansion + in_features
+        self.conv = nn.Conv3d(self.out_filters, self.out_filters, 3, padding=1)
+        self.norm = nn.BatchNorm3d(self.out_filters, affine=True)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        skips = list(skips)
+        out = skips.pop()
+        for block in self.up_blocks:
+            out = torch.cat([block(out), skips.pop()], dim=1)
+        return F.relu(self.norm(self.conv(out)))
+
+
+class Hourglass3d(nn.Module):
+    """3D U-Net of ``num_blocks`` levels used by the dense motion network."""
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        self.encoder = Encoder3d(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = Decoder3d(block_expansion, in_features, num_blocks, max_features)
+        self.out_filters = self.decoder.out_filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class SpectralNormConv2d(nn.Module):
+    """Conv2d with spectral normalisation stored as ``weight_orig``, ``weight_u``, ``weight_v``.
+
+    Same state dict and numerics as ``torch.nn.utils.spectral_norm``: in eval the weight is
+    ``weight_orig / (u^T W v)`` from the stored vectors; in training one power iteration updates u, v first.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0, bias: bool = True, eps: float = 1e-12):
+        super().__init__()
+        self.padding = padding
+        self.eps = eps
+        self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight_orig, a=5 ** 0.5)
+        fan_in = in_channels * kernel_size * kernel_size
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -fan_in ** -0.5, fan_in ** -0.5)
+        u = F.normalize(torch.randn(out_channels), dim=0, eps=eps)
+        v = F.normalize(torch.randn(fan_in), dim=0, eps=eps)
+        self.register_buffer("weight_u", u)
+        self.register_buffer("weight_v", v)
+
+    def weight(self) -> torch.Tensor:
+        """The spectrally normalised kernel."""
+        w_mat = self.weight_orig.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                v = F.normalize(torch.mv(w_mat.t(), self.weight_u), dim=0, eps=self.eps)
+                u = F.normalize(torch.mv(w_mat, v), dim=0, eps=self.eps)
+                self.weight_u.copy_(u)
+                self.weight_v.copy_(v)
+        sigma = torch.dot(self.weight_u, torch.mv(w_mat, self.weight_v))
+        return self.weight_orig / sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive normalisation: instance norm modulated by a segmentation-like map."""
+
+    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
+        super().__init__()
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+        self.mlp_beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
+        normalized = F.instance_norm(x, eps=1e-5)
+        segmap = F.interpolate(segmap, size=x.shape[2:], mode="nearest")
+        actv = self.mlp_shared(segmap)
+        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE residual block with spectral-normalised convolutions and a learned shortcut when widths differ."""
+
+    def __init__(self, fin: int, fout: int, label_nc: int, hidden: int = 128):
+        super().__init__()
+        fmiddle = min(fin, fout)
+        self.learned_shortcut = fin != fout
+        self.conv_0 = SpectralNormConv2d(fin, fmiddle, 3, padding=1)
+        self.conv_1 = SpectralNormConv2d(fmiddle, fout, 3, padding=1)
+        self.norm_0 = SPADE(fin, label_nc, hidden)
+        self.norm_1 = SPADE(fmiddle, label_nc, hidden)
+        if self.learned_shortcut:
+            self.conv_s = SpectralNormConv2d(fin, fout, 1, bias=False)
+            self.norm_s = SPADE(fin, label_nc, hidden)
+
+    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
+        return shortcut + dx

@@ -1,0 +1,176 @@
+"""Model configuration as dataclasses, serialised as JSON into checkpoint metadata.
+
+Defaults are the released face-vid2vid layout (``config/vox-256.yaml`` with the SPADE generator) at
+256x256 with K = 15 keypoints, whose full-size weights load strictly into modules built from them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Convention:
+    """How a family turns head-pose outputs into a keypoint transform (see conformance/README.md)."""
+
+    name: str = "face_vid2vid"
+    bin_offset: float = 99.0  # degrees = 3 * E[bin] - offset
+    pi: float = 3.14  # face-vid2vid converts degrees to radians with 3.14
+    rotation_order: str = "xyz"  # column-vector R = R_x(pitch) R_y(yaw) R_z(roll)
+    translate_z: bool = True
+    uses_scale: bool = False
+
+    @classmethod
+    def face_vid2vid(cls) -> "Convention":
+        return cls()
+
+    @classmethod
+    def liveportrait(cls) -> "Convention":
+        return cls(name="liveportrait", bin_offset=97.5, pi=math.pi, rotation_order="zyx", translate_z=False, uses_scale=True)
+
+
+@dataclass
+class AppearanceConfig:
+    """Appearance encoder E_a: image -> feature volume (C = feature_channels, D = reshape_depth)."""
+
+    image_channels: int = 3
+    block_expansion: int = 64
+    max_features: int = 512
+    num_down_blocks: int = 2
+    feature_channels: int = 32
+    reshape_depth: int = 16
+    num_resblocks: int = 6
+
+
+@dataclass
+class KeypointDetectorConfig:
+    """Canonical keypoint detector L (face-vid2vid)."""
+
+    image_channels: int = 3
+    num_kp: int = 15
+    block_expansion: int = 32
+    max_features: int = 1024
+    num_blocks: int = 5
+    reshape_channel: int = 16384
+    reshape_depth: int = 16
+    temperature: float = 0.1
+    scale_factor: float = 0.25
+
+
+@dataclass
+class MotionEstimatorConfig:
+    """Head-pose / expression estimator M: ResNet-50-like with 66-bin angle classifiers."""
+
+    image_channels: int = 3
+    num_kp: int = 15
+    block_expansion: int = 64
+    stage_features: tuple[int, int, int, int] = (256, 512, 1024, 2048)
+    stage_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)  # including the strided first block of stages 2-4
+    num_bins: int = 66
+
+
+@dataclass
+class DenseMotionConfig:
+    """Dense motion network D: 3D hourglass predicting K+1 masks, deformation and occlusion."""
+
+    num_kp: int = 15
+    feature_channels: int = 32
+    block_expansion: int = 32
+    max_features: int = 1024
+    num_blocks: int = 5
+    reshape_depth: int = 16
+    compress: int = 4
+    estimate_occlusion_map: bool = True
+    kp_variance: float = 0.01
+
+
+@dataclass
+class GeneratorConfig:
+    """Warped volume -> image: ``third``/``fourth`` convolutions then the SPADE decoder."""
+
+    volume_channels: int = 512  # C * D of the warped volume
+    ic: int = 256
+    oc: int = 64
+    label_nc: int = 256
+    spade_hidden: int = 128
+    num_middle_blocks: int = 6
+    upscale: int = 1  # LivePortrait: 2 (PixelShuffle)
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Multi-scale patch discriminator (training only)."""
+
+    image_channels: int = 3
+    scales: tuple[float, ...] = (1,)
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    sn: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored as JSON in checkpoint metadata."""
+
+    family: str = "face_vid2vid"
+    image_size: int = 256
+    num_kp: int = 15
+    convention: Convention = field(default_factory=Convention)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    keypoints: KeypointDetectorConfig = field(default_factory=KeypointDetectorConfig)
+    motion: MotionEstimatorConfig = field(default_factory=MotionEstimatorConfig)
+    dense_motion: DenseMotionConfig = field(default_factory=DenseMotionConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) dataclass, rejecting unknown keys so typos surface."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    hints = {name: f.type for name, f in fields.items()}
+    for name, value in data.items():
+        target = _NESTED.get((cls.__name__, name))
+        if target is not None and value is not None:
+            value = _from_dict(target, value)
+        elif isinstance(value, list) and "tuple" in str(hints[name]):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    ("ModelConfig", "convention"): Convention,
+    ("ModelConfig", "appearance"): AppearanceConfig,
+    ("ModelConfig", "keypoints"): KeypointDetectorConfig,
+    ("ModelConfig", "motion"): MotionEstimatorConfig,
+    ("ModelConfig", "dense_motion"): DenseMotionConfig,
+    ("ModelConfig", "generator"): GeneratorConfig,
+    ("ModelConfig", "discriminator"): DiscriminatorConfig,
+}
