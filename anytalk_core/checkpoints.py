@@ -62,9 +62,12 @@ def read_safetensors(path: str) -> tuple[StateDict, dict[str, str]]:
 def read_pickle(path: str) -> object:
     """``torch.load(weights_only=True)``: plain tensors and containers only, never code."""
     import pickle
+    import warnings
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol notices about files we may refuse anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
@@ -72,7 +75,7 @@ def read_pickle(path: str) -> object:
                 f"{path}: refusing to load: the pickle needs code to run to load it (only plain tensors are "
                 "accepted); convert it where you trust it, or use a .safetensors file") from None
         raise CheckpointError(f"{path}: not a torch checkpoint ({_short(exc)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+    except Exception as exc:  # the unpickler raises many types on garbage (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt: {_short(exc)})") from None
 
 

@@ -174,3 +174,19 @@ _NESTED = {
     ("ModelConfig", "generator"): GeneratorConfig,
     ("ModelConfig", "discriminator"): DiscriminatorConfig,
 }
+
+
+def tiny_config(num_kp: int = 15, with_discriminator: bool = True) -> ModelConfig:
+    """A face-vid2vid configuration a few hundred times smaller than the default, for 64x64 tests and smoke runs."""
+    return ModelConfig(
+        image_size=64,
+        num_kp=num_kp,
+        appearance=AppearanceConfig(block_expansion=4, max_features=16, feature_channels=4, reshape_depth=4),
+        keypoints=KeypointDetectorConfig(num_kp=num_kp, block_expansion=8, max_features=32, num_blocks=4,
+                                         reshape_channel=256, reshape_depth=8),
+        motion=MotionEstimatorConfig(num_kp=num_kp, block_expansion=8, stage_features=(16, 32, 64, 128)),
+        dense_motion=DenseMotionConfig(num_kp=num_kp, feature_channels=4, block_expansion=4, max_features=32,
+                                       num_blocks=4, reshape_depth=4, compress=2),
+        generator=GeneratorConfig(volume_channels=16, ic=16, oc=4, label_nc=16, spade_hidden=8),
+        discriminator=DiscriminatorConfig(block_expansion=4, max_features=32) if with_discriminator else None,
+    )

@@ -84,7 +84,8 @@ def infer_appearance(state: StateDict, prefix: str = "appearance.") -> Appearanc
     n_res = count_indexed(state, rf"{re.escape(prefix)}resblocks_3d\.3dr(\d+)\.conv1\.weight$")
     if cd % c:
         raise ShapeError(f"{prefix}second.weight has {cd} channels, not a multiple of the volume's {c}")
-    return AppearanceConfig(image_channels=ic, block_expansion=be, max_features=last, num_down_blocks=n_down,
+    # The released encoders set max_features = C * D; any cap >= the last width describes the same network.
+    return AppearanceConfig(image_channels=ic, block_expansion=be, max_features=max(last, cd), num_down_blocks=n_down,
                             feature_channels=c, reshape_depth=cd // c, num_resblocks=n_res)
 
 
