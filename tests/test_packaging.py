@@ -1,0 +1,50 @@
+"""Packaging rules of SPEC §2: what gets installed, under which names, and what never does."""
+from __future__ import annotations
+
+import ast
+import pathlib
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_library_package_is_installed_and_nodes_never_is():
+    tool = pyproject()["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "anytalk_core").rglob("__init__.py")}
+    assert on_disk <= listed, f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
+    training = {"anytalk_training" + "".join("." + part for part in p.parent.relative_to(ROOT / "training").parts)
+                for p in (ROOT / "training").rglob("__init__.py")}
+    assert training <= listed, f"training packages missing from pyproject.toml: {sorted(training - listed)}"
+    assert not any(name == "nodes" or name.startswith("nodes.") or name == "training" for name in listed)
+    assert tool["package-dir"]["anytalk_training"] == "training"
+
+
+def test_torch_is_never_pinned_and_not_in_requirements_txt():
+    deps = pyproject()["project"]["dependencies"]
+    torch_deps = [d for d in deps if d.split(">")[0].split("=")[0].strip() == "torch"]
+    assert torch_deps and "==" not in torch_deps[0]
+    reqs = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert not any(r.startswith("torch") for r in reqs)
+
+
+def test_core_library_imports_itself_only_relatively():
+    offenders = []
+    for path in (ROOT / "anytalk_core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("anytalk_core", "nodes", "training", "anytalk_training", "comfy", "folder_paths"):
+                    offenders.append(f"{path.relative_to(ROOT)}: import {name}")
+    assert not offenders, offenders
