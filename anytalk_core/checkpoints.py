@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .io_utils import atomic_write_path
+from .io_utils import atomic_output
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
 from .models.registry import FAMILIES, ShapeError, StateDict, build_model, get_family
@@ -306,7 +306,7 @@ def save_checkpoint(model: TalkingHeadModel, path: str | os.PathLike, provenance
         "config": model.config.to_json(),
         "provenance": json.dumps(provenance or getattr(model, "provenance", {}) or {}, sort_keys=True),
     }
-    with atomic_write_path(path, overwrite=overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         save_file(state, tmp, metadata=meta)
     return path
 

@@ -25,8 +25,6 @@ __all__ = [
     "heatmap_to_keypoints",
     "warp_volume",
     "convex_hull_volume",
-    "affine_crop",
-    "affine_uncrop",
 ]
 
 
@@ -162,21 +160,3 @@ def convex_hull_volume(points: torch.Tensor) -> float:
     from scipy.spatial import ConvexHull
 
     return float(ConvexHull(points.detach().to("cpu", torch.float64).numpy()).volume)
-
-
-def affine_crop(image: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Crop by a 2x3 affine (output pixel -> ... kornia convention: source -> output) to (H, W).
-
-    image (B, C, H0, W0), matrix (B, 2, 3) mapping input pixel coordinates to crop pixel coordinates.
-    """
-    import kornia.geometry.transform as KT
-
-    return KT.warp_affine(image, matrix, dsize=size, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-def affine_uncrop(crop: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`affine_crop`: put a crop (B, C, h, w) back into a frame of ``size`` (H0, W0)."""
-    import kornia.geometry.transform as KT
-
-    inverse = KT.invert_affine_transform(matrix)
-    return KT.warp_affine(crop, inverse, dsize=size, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -3,41 +3,96 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["unique_path", "check_can_write", "atomic_output", "new_temp_path", "commit", "discard"]
+
+
+def unique_path(path: str | os.PathLike, digits: int = 5) -> Path:
+    """A new, non-existing ``stem_00001.ext`` name beside ``path`` (numbered after the highest in use).
+
+    The counter continues after the highest number already present, ComfyUI style, so outputs sort by
+    creation order and nothing is ever overwritten.
+    """
+    p = Path(path).expanduser()
+    stem, suffix = p.stem, p.suffix
+    pattern = re.compile(rf"^{re.escape(stem)}_(\d+){re.escape(suffix)}$")
+    used = [int(m.group(1)) for f in _listdir(p.parent) if (m := pattern.match(f))]
+    n = max(used, default=0) + 1
+    while True:  # a file may appear between the listing and now
+        candidate = p.with_name(f"{stem}_{n:0{digits}d}{suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def check_can_write(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Return ``path`` as a Path, raising FileExistsError if it exists and ``overwrite`` is False."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise IsADirectoryError(f"output path is a directory: {p}")
+    if p.exists() and not overwrite:
+        raise FileExistsError(
+            f"refusing to overwrite existing file: {p} (pass overwrite=True, or use unique_path() for a new name)"
+        )
+    return p
 
 
 @contextlib.contextmanager
-def atomic_write_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
-
-    Raises FileExistsError when ``path`` exists and ``overwrite`` is False, before anything is written.
-    """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path}: already exists; choose another name or allow overwriting")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{path}: the folder {directory} does not exist")
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=directory)
-    os.close(fd)
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it into place, on error delete it."""
+    final = check_can_write(path, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_temp_path(final)
     try:
         yield tmp
-        os.replace(tmp, path)
+        commit(tmp, final, overwrite)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        discard(tmp)
         raise
 
 
-def unique_path(path: str | os.PathLike) -> str:
-    """``path`` if it does not exist, else the first free ``name_00001.ext``, ``name_00002.ext``, ..."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        return path
-    base, ext = os.path.splitext(path)
-    i = 1
-    while os.path.exists(f"{base}_{i:05d}{ext}"):
-        i += 1
-    return f"{base}_{i:05d}{ext}"
+def new_temp_path(final: Path) -> Path:
+    """Create an empty hidden temp file next to ``final`` (same file system, so the rename is atomic)."""
+    while True:
+        tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
+        try:
+            # open(..., "x") rather than mkstemp: the file gets the user's umask, not mode 0600.
+            with open(tmp, "xb"):
+                return tmp
+        except FileExistsError:
+            continue
+
+
+def commit(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move ``tmp`` to ``final``; without ``overwrite`` this never replaces a file, even in a race."""
+    if overwrite:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)  # fails with FileExistsError instead of clobbering
+    except FileExistsError:
+        raise FileExistsError(f"refusing to overwrite existing file: {final} (it appeared while writing)") from None
+    except OSError:  # file system without hard links
+        if final.exists():
+            raise FileExistsError(f"refusing to overwrite existing file: {final} (it appeared while writing)") from None
+        os.replace(tmp, final)
+        return
+    os.unlink(tmp)
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temporary file if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _listdir(folder: Path) -> list[str]:
+    """Names in ``folder``, or nothing if it does not exist yet."""
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []

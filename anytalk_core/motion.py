@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .io_utils import atomic_write_path
+from .io_utils import atomic_output
 
 POSE_FIELDS = ("yaw", "pitch", "roll")
 MOTION_FORMAT = "anytalk.motion"
@@ -125,7 +125,7 @@ class Motion:
 
         meta = {"format": MOTION_FORMAT, "family": self.family, "fps": json.dumps(self.fps)}
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors().items()}
-        with atomic_write_path(path, overwrite=overwrite) as tmp:
+        with atomic_output(path, overwrite=overwrite) as tmp:
             save_file(tensors, tmp, metadata=meta)
 
     @classmethod
