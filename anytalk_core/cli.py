@@ -5,6 +5,7 @@ Every failure prints one line ``anytalk: error: ...`` and exits with a non-zero 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import __version__
@@ -20,6 +21,70 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _animate(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .engine import EngineConfig, resolve_device
+    from .models.base import TransferOptions
+    from .pipeline import AnimateOptions, animate_file, check_paths
+
+    options = AnimateOptions(
+        transfer=TransferOptions(mode="absolute" if args.absolute else "relative", pose_strength=args.pose_strength,
+                                 expression_strength=args.expression_strength,
+                                 translation_strength=args.translation_strength, adapt_scale=args.adapt_scale),
+        smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, paste_back=args.paste_back,
+        engine=EngineConfig(device=args.device, precision=args.precision, chunk_size=args.chunk),
+        overwrite=args.overwrite,
+    )
+    resolve_device(args.device)
+    check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,))
+    model = load_model(args.checkpoint, family=args.family.replace("-", "_"))
+    bar = _progress_bar(args.quiet)
+    try:
+        out = animate_file(model, args.source, args.driving, args.out, options, progress=bar.update_to)
+    finally:
+        bar.close()
+    print(f"wrote {out}")
+    return 0
+
+
+class _progress_bar:
+    """tqdm with an ETA, fed (done, total) by the pipeline."""
+
+    def __init__(self, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="frame", disable=quiet, dynamic_ncols=True)
+
+    def update_to(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytalk", description="AnyTalk talking-head tools")
     parser.add_argument("--version", action="version", version=f"anytalk {__version__}")
@@ -31,6 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default), face-vid2vid, liveportrait-human or liveportrait-animal")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_convert)
+
+    a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video")
+    a.add_argument("--source", required=True, help="portrait image (any Pillow format)")
+    a.add_argument("--driving", required=True, help="driving video (mp4, webm, gif, ...)")
+    a.add_argument("--checkpoint", required=True, help="AnyTalk .safetensors, face-vid2vid .pth.tar or LivePortrait folder")
+    a.add_argument("--out", required=True, help="output .mp4, .webm or .gif (never overwritten unless --overwrite)")
+    a.add_argument("--family", default="auto", help="auto, face-vid2vid, liveportrait-human or liveportrait-animal")
+    mode = a.add_mutually_exclusive_group()
+    mode.add_argument("--relative", action="store_true", help="motion relative to the first driving frame (default)")
+    mode.add_argument("--absolute", action="store_true", help="the driving pose and expression as they are")
+    a.add_argument("--adapt-scale", action="store_true", help="relative mode: scale motion by face size")
+    a.add_argument("--pose-strength", type=_finite, default=1.0)
+    a.add_argument("--expression-strength", type=_finite, default=1.0)
+    a.add_argument("--translation-strength", type=_finite, default=1.0)
+    a.add_argument("--smooth", type=_finite, default=0.0, help="temporal smoothing of the motion, 0..1")
+    a.add_argument("--crop", default="full", help="source crop: full, auto or X,Y,W,H")
+    a.add_argument("--driving-crop", default="full", help="driving crop: full, auto or X,Y,W,H")
+    a.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the full source")
+    a.add_argument("--chunk", type=_positive_int, default=8, help="frames per chunk (bounds memory)")
+    a.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=_animate)
     return parser
 
 
@@ -39,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as exc:
         print(f"anytalk: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ def check_can_write(path: str | os.PathLike, overwrite: bool) -> Path:
         raise IsADirectoryError(f"output path is a directory: {p}")
     if p.exists() and not overwrite:
         raise FileExistsError(
-            f"refusing to overwrite existing file: {p} (pass overwrite=True, or use unique_path() for a new name)"
+            f"refusing to overwrite existing file: {p} (choose another name, or allow overwriting: --overwrite / overwrite=True)"
         )
     return p
 

@@ -151,22 +151,27 @@ class SpectralNormConv2d(nn.Module):
         fan_in = in_channels * kernel_size * kernel_size
         if self.bias is not None:
             nn.init.uniform_(self.bias, -fan_in ** -0.5, fan_in ** -0.5)
-        u = F.normalize(torch.randn(out_channels), dim=0, eps=eps)
-        v = F.normalize(torch.randn(fan_in), dim=0, eps=eps)
-        self.register_buffer("weight_u", u)
-        self.register_buffer("weight_v", v)
+        self.register_buffer("weight_u", F.normalize(torch.randn(out_channels), dim=0, eps=eps))
+        self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0, eps=eps))
+        # Converge u, v to the top singular vectors so an untrained model is already well scaled in eval.
+        self.power_iteration(steps=20)
+
+    @torch.no_grad()
+    def power_iteration(self, steps: int = 1) -> None:
+        w_mat = self.weight_orig.flatten(1)
+        for _ in range(steps):
+            v = F.normalize(torch.mv(w_mat.t(), self.weight_u), dim=0, eps=self.eps)
+            u = F.normalize(torch.mv(w_mat, v), dim=0, eps=self.eps)
+            self.weight_u.copy_(u)
+            self.weight_v.copy_(v)
 
     def weight(self) -> torch.Tensor:
-        """The spectrally normalised kernel."""
-        w_mat = self.weight_orig.flatten(1)
+        """The spectrally normalised kernel, always computed in the parameters' precision."""
         if self.training:
-            with torch.no_grad():
-                v = F.normalize(torch.mv(w_mat.t(), self.weight_u), dim=0, eps=self.eps)
-                u = F.normalize(torch.mv(w_mat, v), dim=0, eps=self.eps)
-                self.weight_u.copy_(u)
-                self.weight_v.copy_(v)
-        sigma = torch.dot(self.weight_u, torch.mv(w_mat, self.weight_v))
-        return self.weight_orig / sigma
+            self.power_iteration()
+        with torch.autocast(self.weight_orig.device.type, enabled=False):
+            sigma = torch.dot(self.weight_u, torch.mv(self.weight_orig.flatten(1), self.weight_v))
+            return self.weight_orig / sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)

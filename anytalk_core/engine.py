@@ -1,0 +1,226 @@
+"""The inference engine shared by the CLI, the ComfyUI nodes and the evaluation suite.
+
+Source work (appearance volume, canonical keypoints, source motion) is done once per portrait and kept.
+Driving frames stream through the motion estimator in chunks; the driven keypoints of a whole clip are
+tiny (N x K x 3), so they are computed first, smoothed if asked, and then rendered chunk by chunk through
+dense motion and the generator. Frames live on the CPU between chunks, so memory is bounded by the chunk
+size, not the clip length. Progress and cancellation callbacks run between chunks.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .models.base import SourceState, TalkingHeadModel, TransferOptions
+from .motion import Motion
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
+CancelFn = Callable[[], bool]  # True to stop
+
+
+class EngineInterrupted(RuntimeError):
+    """Raised between chunks when the cancel callback asks to stop."""
+
+
+@dataclass
+class EngineConfig:
+    """Device and speed options. ``None`` means: on only where it measured faster on that device."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    chunk_size: int = 8
+    channels_last: bool | None = None
+    compile: bool = False
+    batch_frames: bool | None = None  # decode a chunk as one batch (GPU) or frame by frame (CPU default)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
+            raise ValueError(f"chunk size must be a whole number >= 1, got {self.chunk_size!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; validate explicit names with a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _chunks(frames: torch.Tensor | Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Re-chunk a tensor (N, ...) or an iterable of tensors (n_i, ...) into pieces of ``size`` frames."""
+    if isinstance(frames, torch.Tensor):
+        for start in range(0, frames.shape[0], size):
+            yield frames[start:start + size]
+        return
+    pending: list[torch.Tensor] = []
+    count = 0
+    for piece in frames:
+        pending.append(piece)
+        count += piece.shape[0]
+        while count >= size:
+            joined = torch.cat(pending)
+            yield joined[:size]
+            rest = joined[size:]
+            pending, count = ([rest] if rest.shape[0] else []), rest.shape[0]
+    if count:
+        yield torch.cat(pending)
+
+
+def to_model_input(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 or float frames (n, H, W, 3) or (n, 3, H, W) -> float32 (n, 3, H, W) in 0..1."""
+    if frames.dim() != 4:
+        raise ValueError(f"frames must have 4 dimensions (n, H, W, 3), got shape {tuple(frames.shape)}")
+    if frames.shape[-1] == 3 and frames.shape[1] != 3:
+        frames = frames.permute(0, 3, 1, 2)
+    if frames.shape[1] != 3:
+        raise ValueError(f"frames must have 3 colour channels, got shape {tuple(frames.shape)}")
+    if frames.dtype == torch.uint8:
+        return frames.float() / 255
+    frames = frames.float()
+    if not torch.isfinite(frames).all():
+        raise ValueError("frames contain NaN or infinite values")
+    return frames
+
+
+class Engine:
+    """Runs a loaded model efficiently: cached source work, chunked streaming, optional reduced precision."""
+
+    def __init__(self, model: TalkingHeadModel, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.device = resolve_device(self.config.device)
+        self.dtype = PRECISIONS[self.config.precision]
+        self.model = model.to(self.device).eval()
+        self.channels_last = self._default_channels_last() if self.config.channels_last is None else self.config.channels_last
+        if self.channels_last:
+            self.model.generator.to(memory_format=torch.channels_last)
+        self._decode = torch.compile(self.model.decode) if self.config.compile else self.model.decode
+        # On the CPU one frame already fills the GEMMs at full size, and frame-by-frame decoding makes the
+        # output independent of the chunk size bit for bit; on GPUs batching pays.
+        self.batch_frames = self.device.type != "cpu" if self.config.batch_frames is None else self.config.batch_frames
+
+    def _default_channels_last(self) -> bool:
+        # Measured slower on an AVX2 CPU (fp32 and bf16); tensor cores on CUDA prefer NHWC for half precision.
+        return self.device.type == "cuda" and self.dtype != torch.float32
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    # --- source ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare_source(self, image: torch.Tensor) -> SourceState:
+        """One source image (1, 3, H, W) / (H, W, 3) -> cached source state on the engine's device (fp32)."""
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        image = to_model_input(image)
+        if image.shape[0] != 1:
+            raise ValueError(f"prepare_source takes one image, got a batch of {image.shape[0]}")
+        return self.model.prepare_source(image.to(self.device))
+
+    # --- motion ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_motion(self, frames: torch.Tensor | Iterable[torch.Tensor], total: int | None = None,
+                        progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                        fps: float | None = None) -> Motion:
+        """Motion of every driving frame, streamed in chunks (frames in any layout accepted by to_model_input)."""
+        total = total if total is not None else (frames.shape[0] if isinstance(frames, torch.Tensor) else 0)
+        parts, done = [], 0
+        for chunk in _chunks(frames, self.config.chunk_size):
+            self._check_cancel(cancel)
+            parts.append(self.model.estimate_motion(to_model_input(chunk).to(self.device)).to("cpu"))
+            done += chunk.shape[0]
+            if progress:
+                progress(done, max(total, done))
+        if not parts:
+            raise ValueError("no driving frames: the video or image batch is empty")
+        motion = Motion.cat(parts)
+        motion.fps = fps
+        return motion
+
+    @torch.no_grad()
+    def driven_keypoints(self, source: SourceState, driving: Motion, options: TransferOptions | None = None,
+                         reference: Motion | None = None) -> torch.Tensor:
+        """Driven keypoints (N, K, 3) of the whole clip; small, so computed at once and returned on the CPU."""
+        ref = reference.to(self.device) if reference is not None else None
+        return self.model.driven_keypoints(source, driving.to(self.device), options, ref).to("cpu")
+
+    # --- rendering ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, source: SourceState, keypoints: torch.Tensor, progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None) -> Iterator[torch.Tensor]:
+        """Yield generated frames (n, 3, H, W) float32 on the CPU, chunk by chunk, for driven keypoints (N, K, 3)."""
+        total = keypoints.shape[0]
+        done = 0
+        for kp in _chunks(keypoints, self.config.chunk_size):
+            self._check_cancel(cancel)
+            frames = self.decode_chunk(source, kp)
+            done += kp.shape[0]
+            if progress:
+                progress(done, total)
+            yield frames
+
+    def decode_chunk(self, source: SourceState, keypoints: torch.Tensor) -> torch.Tensor:
+        """Dense motion + generator for one chunk of driven keypoints (n, K, 3) -> CPU float32 frames."""
+        keypoints = keypoints.to(self.device, source.keypoints.dtype)
+        pieces = [keypoints] if self.batch_frames else keypoints.split(1)
+        frames = []
+        for kp in pieces:
+            n = kp.shape[0]
+            volume = source.volume.expand(n, *source.volume.shape[1:])
+            kp_source = source.keypoints.expand(n, *source.keypoints.shape[1:])
+            with torch.no_grad(), self._autocast():
+                out = self._decode(volume, kp, kp_source)
+            frames.append(out["prediction"].float().clamp_(0, 1).to("cpu"))
+        return torch.cat(frames)
+
+    @staticmethod
+    def _check_cancel(cancel: CancelFn | None) -> None:
+        if cancel is not None and cancel():
+            raise EngineInterrupted("interrupted by the user")
+
+    # --- all together ------------------------------------------------------------------------------
+    def animate(self, source_image: torch.Tensor, driving_frames: torch.Tensor | Iterable[torch.Tensor],
+                options: TransferOptions | None = None, smoothing: float = 0.0, fps: float = 25.0,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                total: int | None = None) -> Iterator[torch.Tensor]:
+        """Source image + driving frames -> generated frames, streamed chunk by chunk (n, 3, H, W)."""
+        source = self.prepare_source(source_image)
+        motion = self.estimate_motion(driving_frames, total=total, cancel=cancel, fps=fps,
+                                      progress=(lambda d, t: progress(d, 2 * t)) if progress else None)
+        if smoothing > 0:
+            motion = smooth_motion(motion, fps, smoothing)
+        keypoints = self.driven_keypoints(source, motion, options)
+        n = keypoints.shape[0]
+        yield from self.render(source, keypoints, cancel=cancel,
+                               progress=(lambda d, t: progress(n + d, 2 * n)) if progress else None)
+
+
+def smooth_motion(motion: Motion, fps: float, strength: float, method: str = "one_euro") -> Motion:
+    """Temporal smoothing of every motion component (angles unwrapped) with one strength knob in [0, 1]."""
+    from .smoothing import smooth
+
+    if not 0 <= strength <= 1:
+        raise ValueError(f"smoothing strength must be between 0 and 1, got {strength}")
+    if strength == 0 or len(motion) < 2:
+        return motion
+    out = {}
+    for name, value in motion.tensors().items():
+        out[name] = smooth(value, fps, strength, method=method, angles=name in ("yaw", "pitch", "roll"))
+    return motion._replace(**out)

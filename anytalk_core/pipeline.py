@@ -1,0 +1,136 @@
+"""File-to-file animation: source image + driving video -> mp4/webm/gif, streamed in constant memory.
+
+Used by ``anytalk animate`` and the demo. Pass 1 streams the driving video through the motion estimator
+(its motion is tiny: N x (6 + 3K) numbers); pass 2 renders the driven keypoints chunk by chunk into the
+video writer, which muxes the driving video's audio trimmed/padded to the frame count. Every input is
+checked before any work starts, and the output is written to a temporary file and renamed at the end.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full, paste_back
+from .engine import Engine, EngineConfig, smooth_motion
+from .io_utils import check_can_write
+from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_video, read_audio
+from .models.base import TalkingHeadModel, TransferOptions
+
+
+@dataclass
+class AnimateOptions:
+    """Everything ``anytalk animate`` accepts besides the paths."""
+
+    transfer: TransferOptions = field(default_factory=TransferOptions)
+    smoothing: float = 0.0
+    crop: str = "full"  # full | auto | "x,y,w,h" (for the source)
+    driving_crop: str = "full"
+    paste_back: bool = False
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    overwrite: bool = False
+    keep_audio: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
+            raise ValueError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
+        parse_crop(self.crop)
+        parse_crop(self.driving_crop)
+
+
+def parse_crop(text: str) -> str | tuple[float, float, float, float]:
+    """'full', 'auto' or 'X,Y,W,H' (pixels) -> the mode or the box."""
+    if text in ("full", "auto"):
+        return text
+    parts = text.split(",")
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"crop must be full, auto or X,Y,W,H with a positive width and height, got {text!r}")
+    return box  # type: ignore[return-value]
+
+
+def crop_spec_for(image: torch.Tensor, mode: str, size: int) -> CropSpec:
+    """Crop of one image (1, 3, H, W) for a crop option string."""
+    parsed = parse_crop(mode)
+    hw = tuple(image.shape[-2:])
+    if parsed == "full":
+        return crop_full(hw, size)
+    if parsed == "auto":
+        return crop_auto(image, size)
+    return crop_box(hw, parsed, size)
+
+
+def check_paths(source: str, driving: str, out: str, overwrite: bool, extra_inputs: tuple[str, ...] = ()) -> Path:
+    """Fail before any work: missing inputs, an unsupported output format, an output that is an input."""
+    for path, kind in ((source, "source image"), (driving, "driving video"), *((p, "input") for p in extra_inputs)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: {kind} not found")
+    out_path = Path(out)
+    if out_path.suffix.lower() not in VIDEO_FORMATS:
+        raise ValueError(f"{out}: the output must end in one of {', '.join(sorted(VIDEO_FORMATS))}")
+    real_out = os.path.realpath(out)
+    for path in (source, driving, *extra_inputs):
+        if os.path.realpath(path) == real_out:
+            raise ValueError(f"{out}: the output would replace the input {path}; choose another output name")
+    check_can_write(out_path, overwrite)
+    if not out_path.parent.exists():
+        raise FileNotFoundError(f"{out}: the folder {out_path.parent} does not exist")
+    return out_path
+
+
+def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, options: AnimateOptions | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Animate ``source`` with the motion of ``driving`` and write ``out``; returns the written path."""
+    options = options or AnimateOptions()
+    out_path = check_paths(source, driving, out, options.overwrite)
+    info = probe_video(driving)
+    engine = Engine(model, options.engine)
+    size = model.config.image_size
+
+    original = load_image(source).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
+    spec = crop_spec_for(original, options.crop, size)
+    source_state = engine.prepare_source(apply_crop(original, spec))
+
+    fps = info.fps
+    chunk = options.engine.chunk_size
+    frames = iter_video_frames(driving, fps=fps, chunk=chunk)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{driving}: the video has no frames")
+    first_float = first[:1].permute(0, 3, 1, 2).float() / 255
+    driving_spec = crop_spec_for(first_float, options.driving_crop, size)
+
+    def cropped_chunks():
+        for piece in _prepend(first, frames):
+            yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)
+
+    total = max(info.frame_count, 1)
+    report = (lambda done, _t: progress(done, 2 * total)) if progress else None
+    motion = engine.estimate_motion(cropped_chunks(), total=total, progress=report, fps=fps)
+    if options.smoothing > 0:
+        motion = smooth_motion(motion, fps, options.smoothing)
+    keypoints = engine.driven_keypoints(source_state, motion, options.transfer)
+    n = keypoints.shape[0]
+
+    audio = None
+    if options.keep_audio and info.has_audio:
+        audio = read_audio(driving)
+    with VideoWriter(out_path, fps=fps, audio=audio, overwrite=options.overwrite) as writer:
+        render_report = (lambda done, _t: progress(n + done, 2 * n)) if progress else None
+        for generated in engine.render(source_state, keypoints, progress=render_report):
+            if options.paste_back:
+                generated = paste_back(original, generated, spec)
+            writer.write(generated.permute(0, 2, 3, 1))
+    return out_path
+
+
+def _prepend(first: torch.Tensor, rest):
+    yield first
+    yield from rest

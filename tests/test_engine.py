@@ -1,0 +1,115 @@
+"""The inference engine: chunking, precision modes, progress/cancel, agreement with the plain path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anytalk_core.engine import Engine, EngineConfig, EngineInterrupted, smooth_motion
+from anytalk_core.models.blocks import SPADE
+from anytalk_core.models.config import tiny_config
+from anytalk_core.models.registry import build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config(with_discriminator=False)).eval()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    g = torch.Generator().manual_seed(5)
+    return torch.rand(1, 3, 64, 64, generator=g), torch.rand(11, 3, 64, 64, generator=g)
+
+
+def run(model, clip, **config) -> torch.Tensor:
+    source, driving = clip
+    return torch.cat(list(Engine(model, EngineConfig(device="cpu", **config)).animate(source, driving)))
+
+
+def test_chunk_size_does_not_change_results(model, clip):
+    reference = run(model, clip, chunk_size=1)
+    assert reference.shape == (11, 3, 64, 64)
+    for chunk in (2, 5, 11, 64):
+        assert (run(model, clip, chunk_size=chunk) - reference).abs().max() <= 1e-5
+    for chunk in (3, 11):  # batched decoding (the GPU default) agrees within float rounding
+        assert (run(model, clip, chunk_size=chunk, batch_frames=True) - reference).abs().max() <= 1e-4
+
+
+def test_engine_matches_the_plain_reference_path(model, clip):
+    source, driving = clip
+    SPADE.fast_upsampled_modulation = False
+    try:
+        with torch.no_grad():
+            plain = torch.cat([model.decode(*_plain_inputs(model, source, driving, i))["prediction"]
+                               for i in range(driving.shape[0])])
+    finally:
+        SPADE.fast_upsampled_modulation = True
+    assert (run(model, clip, chunk_size=4) - plain).abs().max() <= 1e-4
+
+
+def _plain_inputs(model, source, driving, i):
+    """The reference demo's per-frame work: source recomputed, frame i's motion, relative to frame 0."""
+    with torch.no_grad():
+        state = model.prepare_source(source)
+        motion = model.estimate_motion(driving)
+        kp = model.driven_keypoints(state, motion)[i:i + 1]
+        return model.encode_appearance(source), kp, state.keypoints
+
+
+@pytest.mark.parametrize("precision,max_tol,mean_tol", [("bf16", 0.08, 0.01), ("fp16", 0.02, 0.003)])
+def test_reduced_precision_agrees_with_fp32(model, clip, precision, max_tol, mean_tol):
+    reference = run(model, clip, chunk_size=4)
+    source, driving = clip
+    engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4))
+    got = torch.cat(list(engine.animate(source, driving[:3])))
+    err = (got - reference[:3]).abs()
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert err.max() <= max_tol and err.mean() <= mean_tol
+
+
+def test_progress_reports_every_chunk_and_cancel_stops(model, clip):
+    source, driving = clip
+    seen = []
+    engine = Engine(model, EngineConfig(device="cpu", chunk_size=4))
+    list(engine.animate(source, driving, progress=lambda d, t: seen.append((d, t))))
+    assert seen[-1] == (22, 22) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    calls = iter([False, True])
+    with pytest.raises(EngineInterrupted):
+        list(engine.render(engine.prepare_source(source), torch.zeros(9, 15, 3), cancel=lambda: next(calls)))
+
+
+def test_streamed_driving_chunks_of_any_size_equal_one_tensor(model, clip):
+    source, driving = clip
+    engine = Engine(model, EngineConfig(device="cpu", chunk_size=4))
+    whole = engine.estimate_motion(driving)
+    pieces = engine.estimate_motion(iter([driving[:1], driving[1:7], driving[7:]]))
+    for a, b in zip(whole.tensors().values(), pieces.tensors().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    uint8 = (driving.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    assert len(engine.estimate_motion(uint8)) == 11
+
+
+def test_bad_configuration_and_inputs_are_refused(model):
+    with pytest.raises(ValueError, match="chunk size"):
+        EngineConfig(chunk_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        EngineConfig(precision="int8")
+    with pytest.raises(ValueError, match="unknown device|not available|unsupported"):
+        Engine(model, EngineConfig(device="tpu:7"))
+    engine = Engine(model, EngineConfig(device="cpu"))
+    with pytest.raises(ValueError, match="NaN"):
+        engine.prepare_source(torch.full((1, 3, 64, 64), float("nan")))
+    with pytest.raises(ValueError, match="empty"):
+        engine.estimate_motion(torch.zeros(0, 3, 64, 64))
+
+
+def test_smoothing_strength_zero_is_identity_and_one_reduces_jitter(model, clip):
+    engine = Engine(model, EngineConfig(device="cpu"))
+    motion = engine.estimate_motion(clip[1])
+    same = smooth_motion(motion, 25, 0.0)
+    assert same is motion
+    smoothed = smooth_motion(motion, 25, 1.0)
+    assert smoothed.yaw.diff().abs().sum() < motion.yaw.diff().abs().sum()
+    with pytest.raises(ValueError):
+        smooth_motion(motion, 25, 2.0)
