@@ -67,7 +67,12 @@ def read_pickle(path: str) -> object:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol notices about files we may refuse anyway
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: optimizer states and other unused entries never reach memory
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc) and "zip" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
@@ -255,13 +260,22 @@ def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
         merged = config.to_dict()
         _deep_update(merged, config_overrides)
         config = ModelConfig.from_dict(merged)
-    state = dict(weights.state)
-    if not with_discriminator:
-        state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
-    model = build_model(config, with_discriminator=with_discriminator)
+    state = {k: v for k, v in weights.state.items() if with_discriminator or not k.startswith("discriminator.")}
+    # Build on the meta device and adopt the tensors (assign), each copied to fresh (aligned) memory as the
+    # file's copy is released: the weights are held once, and results do not depend on how a file laid
+    # them out. This consumes ``weights.state``.
+    with torch.device("meta"):
+        model = build_model(config, with_discriminator=with_discriminator)
     check_state_dict(weights.path, model, state)
-    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()},
-                          strict=True)
+    weights.state = {}
+    for key in list(state):
+        value = state.pop(key)
+        state[key] = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
+        del value
+    model.load_state_dict(state, strict=True, assign=True)
+    for module in model.modules():  # derived, non-persistent buffers (e.g. image-pyramid kernels)
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            module.reset_buffers()
     model.provenance = weights.provenance
     model.load_notes = list(weights.notes)
     model.source_path = weights.path
@@ -319,10 +333,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, family: str = "auto"
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CheckpointError(f"{dst}: the output would replace the input")
     weights = read_weights(src, family)
-    model = model_from_weights(weights, with_discriminator=any(k.startswith("discriminator.") for k in weights.state))
+    has_discriminator = any(k.startswith("discriminator.") for k in weights.state)
+    model = model_from_weights(weights, with_discriminator=has_discriminator)
     provenance = {"converted_from": os.path.basename(src), "source_family": weights.family, **weights.provenance}
     return save_checkpoint(model, dst, provenance=provenance, overwrite=overwrite)
 
 
 def known_families() -> list[str]:
     return sorted(FAMILIES)
+

@@ -27,7 +27,12 @@ class AntiAliasDownsample(nn.Module):
     def __init__(self, channels: int, scale: float, persistent: bool = True):
         super().__init__()
         self.scale = scale
+        self.channels = channels
         self.register_buffer("weight", antialias_kernel(channels, scale), persistent=persistent)
+
+    def reset_buffers(self) -> None:
+        """Recompute the kernel (for a module built on the meta device whose kernel is not stored)."""
+        self.weight = antialias_kernel(self.channels, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.weight.shape[-1]

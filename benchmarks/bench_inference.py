@@ -1,0 +1,222 @@
+"""Inference benchmark (not a test): per-stage cost, the plain reference loop against the engine, memory.
+
+    python benchmarks/bench_inference.py [--threads 2] [--frames 3] [--skip-rss]
+
+Full size (256 px, the released face-vid2vid widths), random weights, fixed thread count. Prints:
+- per stage: ms/frame and multiply-accumulates (conv/linear layers, counted by hooks);
+- the machine's measured fp32 GEMM throughput and the compute limit per frame (2 x MACs / throughput);
+- the plain path (the reference demo's loop: per frame the frame's head pose, the keypoint transform, then
+  the whole generator on the source image with the appearance volume recomputed, batch 1, the literal SPADE
+  computation) against the engine in fp32 and bf16: ms/frame, ratio, fraction of the compute limit, and max
+  abs difference; the effect of each saving measured alone;
+- peak RSS of the streaming CLI at full size, and at tiny widths for 100 vs 2,000 frames.
+All ratios come from this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from anytalk_core.checkpoints import save_checkpoint  # noqa: E402
+from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
+from anytalk_core.models.blocks import SPADE  # noqa: E402
+from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
+from anytalk_core.models.registry import build_model  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def gemm_throughput(n: int = 2048, repeats: int = 7) -> float:
+    """Best fp32 matmul rate over a few runs (FLOP/s): the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def peak_rss_of(cmd: list[str]) -> float:
+    """Peak resident memory (GiB) of a child process, read from its own getrusage at exit."""
+    wrapper = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
+               "exec('try:\\n runpy.run_module(\"anytalk_core.cli\", run_name=\"__main__\")\\nexcept SystemExit as e:\\n code = e.code\\nelse:\\n code = 0'); "
+               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", wrapper, "anytalk", *cmd], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("PEAK_RSS_KB")][-1]
+    return int(line.split()[1]) / 2 ** 20
+
+
+def make_clip(folder: str, name: str, n: int, size: int) -> str:
+    from anytalk_core.media import write_video
+
+    g = torch.Generator().manual_seed(0)
+    path = os.path.join(folder, name)
+    frames = (torch.rand(n, size, size, 3, generator=g) * 255).to(torch.uint8)
+    write_video(path, frames, fps=25)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=3, help="frames timed per path at full size")
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, full size 256, random weights, fp32")
+
+    model = build_model(ModelConfig()).eval()
+    source = torch.rand(1, 3, 256, 256)
+    driving = torch.rand(args.frames, 3, 256, 256)
+
+    # --- per-stage cost ---------------------------------------------------------------------------
+    with torch.no_grad():
+        state = model.prepare_source(source)
+        motion = model.estimate_motion(driving[:1])
+        kp = model.driven_keypoints(state, motion)
+        dense = model.dense_motion(state.volume, kp, state.keypoints)
+        dec_in = model.generator.decoder_input(state.volume, dense["deformation"], dense["occlusion_map"])
+    stages = {
+        "appearance encoder": (model.appearance, (source,)),
+        "keypoint detector": (model.keypoints, (source,)),
+        "motion estimator": (model.motion, (driving[:1],)),
+        "dense motion": (model.dense_motion, (state.volume, kp, state.keypoints)),
+        "generator (warp+3rd/4th)": (lambda v, d, o: model.generator.decoder_input(v, d, o),
+                                     (state.volume, dense["deformation"], dense["occlusion_map"])),
+        "SPADE decoder": (model.generator.decoder, (dec_in,)),
+    }
+    from anytalk_core.models.blocks import SpectralNormConv2d
+
+    def stage_macs(fn, inputs) -> int:
+        total = 0
+
+        def hook(mod, inp, out):
+            nonlocal total
+            if isinstance(mod, (nn.Conv2d, nn.Conv3d)):
+                total += out.numel() * mod.weight[0].numel()
+            elif isinstance(mod, nn.Linear):
+                total += out.numel() * mod.in_features
+            elif isinstance(mod, SpectralNormConv2d):
+                total += out.numel() * mod.weight_orig[0].numel()
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()
+                   if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear, SpectralNormConv2d))]
+        SPADE.fast_upsampled_modulation = False  # count the reference computation
+        with torch.no_grad():
+            fn(*inputs)
+        SPADE.fast_upsampled_modulation = True
+        for h in handles:
+            h.remove()
+        return total
+
+    flops = gemm_throughput()
+    print(f"\nmeasured fp32 GEMM throughput: {flops / 1e9:.1f} GFLOP/s (2048^3 matmul)")
+    print(f"\n{'stage':28s} {'ms/frame':>10s} {'GMAC':>8s} {'limit ms':>9s} {'of limit':>9s}")
+    stage_totals = {}
+    for name, (fn, inputs) in stages.items():
+        macs = stage_macs(fn, inputs)
+        SPADE.fast_upsampled_modulation = False
+        with torch.no_grad():
+            seconds = timed(lambda: fn(*inputs), 1)
+        SPADE.fast_upsampled_modulation = True
+        limit = 2 * macs / flops
+        stage_totals[name] = (seconds, macs)
+        print(f"{name:28s} {seconds * 1e3:10.0f} {macs / 1e9:8.1f} {limit * 1e3:9.0f} {limit / seconds:9.0%}")
+
+    # --- plain path vs engine ----------------------------------------------------------------------
+    def plain_path() -> torch.Tensor:
+        """The reference demo's loop, literally: everything per frame, batch 1, SPADE as written."""
+        SPADE.fast_upsampled_modulation = False
+        out = []
+        with torch.no_grad():
+            canonical = model.canonical_keypoints(source)  # the demo computes the source keypoints once
+            src_motion = model.estimate_motion(source)
+            kp_source = model.motion_keypoints(canonical, src_motion)
+            for i in range(driving.shape[0]):
+                drv = model.estimate_motion(driving[i:i + 1])
+                kp_driving = model.motion_keypoints(canonical, drv)
+                volume = model.encode_appearance(source)  # recomputed inside the generator every frame
+                out.append(model.decode(volume, kp_driving, kp_source)["prediction"])
+        SPADE.fast_upsampled_modulation = True
+        return torch.cat(out)
+
+    def engine_path(precision: str, fast: bool = True) -> torch.Tensor:
+        SPADE.fast_upsampled_modulation = fast
+        from anytalk_core.models.base import TransferOptions
+
+        engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4))
+        frames = torch.cat(list(engine.animate(source, driving, TransferOptions(mode="absolute"))))
+        SPADE.fast_upsampled_modulation = True
+        return frames
+
+    n = driving.shape[0]
+    total_macs = sum(m for _, m in stage_totals.values()) - stage_totals["appearance encoder"][1] \
+        - stage_totals["keypoint detector"][1]
+    limit = 2 * total_macs / flops
+    t0 = time.perf_counter(); plain = plain_path(); t_plain = (time.perf_counter() - t0) / n
+    results = {}
+    for label, precision, fast in (("engine fp32", "fp32", True), ("engine fp32, no SPADE saving", "fp32", False),
+                                   ("engine bf16", "bf16", True)):
+        t0 = time.perf_counter()
+        frames = engine_path(precision, fast)
+        results[label] = ((time.perf_counter() - t0) / n, (frames - plain).abs().max().item())
+    print(f"\nper-frame compute limit of the engine's work (motion + dense motion + generator): {limit * 1e3:.0f} ms"
+          f" ({total_macs / 1e9:.1f} GMAC; the plain path also recomputes the appearance encoder: "
+          f"{(total_macs + stage_totals['appearance encoder'][1]) / 1e9:.1f} GMAC)")
+    print(f"\n{'path':34s} {'ms/frame':>9s} {'speed-up':>9s} {'of limit':>9s} {'max |diff|':>11s}")
+    plain_limit = 2 * (total_macs + stage_totals["appearance encoder"][1]) / flops
+    print(f"{'plain (reference demo loop)':34s} {t_plain * 1e3:9.0f} {1.0:9.2f}x {plain_limit / t_plain:9.0%} {0.0:11.1e}")
+    for label, (seconds, diff) in results.items():
+        print(f"{label:34s} {seconds * 1e3:9.0f} {t_plain / seconds:9.2f}x {limit / seconds:9.0%} {diff:11.1e}")
+
+    if args.skip_rss:
+        return
+    # --- memory of the streaming CLI ---------------------------------------------------------------
+    with tempfile.TemporaryDirectory() as tmp:
+        from anytalk_core.media import save_image
+
+        save_image(torch.rand(256, 256, 3), os.path.join(tmp, "source.png"))
+        full_ckpt = os.path.join(tmp, "full.safetensors")
+        model_cpu = build_model(ModelConfig())
+        save_checkpoint(model_cpu, full_ckpt)
+        del model_cpu
+        tiny_ckpt = os.path.join(tmp, "tiny.safetensors")
+        save_checkpoint(build_model(tiny_config(with_discriminator=False)), tiny_ckpt)
+
+        def cli(ckpt: str, clip: str, out: str) -> list[str]:
+            return ["animate", "--source", os.path.join(tmp, "source.png"), "--driving", clip, "--checkpoint", ckpt,
+                    "--out", os.path.join(tmp, out), "--quiet", "--device", "cpu", "--chunk", "4"]
+
+        full_clip = make_clip(tmp, "full.mp4", 2, 256)
+        rss_full = peak_rss_of(cli(full_ckpt, full_clip, "out_full.mp4"))
+        print(f"\npeak RSS of `anytalk animate` at full size (256 px, 2 frames): {rss_full:.2f} GiB")
+        short = make_clip(tmp, "short.mp4", 100, 64)
+        long = make_clip(tmp, "long.mp4", 2000, 64)
+        rss_short = peak_rss_of(cli(tiny_ckpt, short, "out_short.mp4"))
+        rss_long = peak_rss_of(cli(tiny_ckpt, long, "out_long.mp4"))
+        print(f"peak RSS at tiny widths: 100 frames {rss_short:.3f} GiB, 2,000 frames {rss_long:.3f} GiB, "
+              f"ratio {rss_long / rss_short:.3f}")
+
+
+if __name__ == "__main__":
+    main()
