@@ -218,12 +218,29 @@ def read_weights(path: str | os.PathLike, family: str = "auto") -> LoadedWeights
     for reader in READERS:
         weights = reader(path, family)
         if weights is not None:
-            if family not in ("auto", weights.family) and not weights.family.startswith(family):
-                raise CheckpointError(f"{path}: holds a {weights.family} model, not the requested {family}")
-            return weights
+            return _check_requested_family(weights, family)
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected an AnyTalk .safetensors, a face-vid2vid .pth.tar with "
         "generator/kp_detector/he_estimator, or a LivePortrait folder or module file)")
+
+
+def _check_requested_family(weights: LoadedWeights, family: str) -> LoadedWeights:
+    """Refuse a file of another family; a ``<family>_<variant>`` request sets the variant of our own files.
+
+    Families name variants ``family_variant`` (e.g. ``liveportrait_animal``): both variants share keys,
+    so the user's request decides which pipeline a stored config uses.
+    """
+    if family in ("auto", weights.family):
+        return weights
+    base = weights.config.family if weights.config is not None else weights.family
+    if family == base or weights.family.startswith(family + "_"):
+        return weights
+    if family.startswith(base + "_") and weights.config is not None:
+        variant = family[len(base) + 1:]
+        weights.config.extra["variant"] = variant
+        weights.notes.append(f"{variant} variant (requested)")
+        return weights
+    raise CheckpointError(f"{weights.path}: holds a {weights.family} model, not the requested {family}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,3 +359,4 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, family: str = "auto"
 def known_families() -> list[str]:
     return sorted(FAMILIES)
 
+from .models import liveportrait as _liveportrait  # noqa: E402,F401  (registers the LivePortrait family and reader)
