@@ -34,6 +34,7 @@ class AnimateOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     overwrite: bool = False
     keep_audio: bool = True
+    release_source_networks: bool = False  # free source-only weights once the source is prepared (CLI)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
@@ -97,6 +98,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
     original = load_image(source).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
     spec = crop_spec_for(original, options.crop, size)
     source_state = engine.prepare_source(apply_crop(original, spec))
+    if options.release_source_networks:
+        model.release_source_networks()
 
     fps = info.fps
     chunk = options.engine.chunk_size

@@ -54,10 +54,17 @@ def gemm_throughput(n: int = 2048, repeats: int = 7) -> float:
 
 
 def peak_rss_of(cmd: list[str]) -> float:
-    """Peak resident memory (GiB) of a child process, read from its own getrusage at exit."""
-    wrapper = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
-               "exec('try:\\n runpy.run_module(\"anytalk_core.cli\", run_name=\"__main__\")\\nexcept SystemExit as e:\\n code = e.code\\nelse:\\n code = 0'); "
-               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    """Peak resident memory (GiB) of a child ``anytalk`` process: its VmHWM, read just before it exits.
+
+    (getrusage's ru_maxrss would carry over the forking parent's peak across exec on Linux.)
+    """
+    wrapper = ("import atexit, sys, runpy\n"
+               "def report():\n"
+               "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+               "    print('PEAK_RSS_KB', hwm, file=sys.stderr)\n"
+               "atexit.register(report)\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_module('anytalk_core.cli', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", wrapper, "anytalk", *cmd], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])

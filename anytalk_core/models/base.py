@@ -54,6 +54,7 @@ class TalkingHeadModel(nn.Module, abc.ABC):
     """
 
     family: str = ""
+    source_only_modules: tuple[str, ...] = ("appearance",)  # networks that only ever see the source image
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -111,6 +112,15 @@ class TalkingHeadModel(nn.Module, abc.ABC):
         canonical = self.canonical_keypoints(image)
         motion = self.estimate_motion(image)
         return SourceState(self.encode_appearance(image), canonical, motion, self.motion_keypoints(canonical, motion))
+
+    def release_source_networks(self) -> None:
+        """Free the weights of networks only the source needs (one-shot runs after ``prepare_source``).
+
+        They move to the meta device: the model can still render from a prepared source, but preparing
+        another source raises. The CLI uses this to keep its peak memory low.
+        """
+        for name in self.source_only_modules:
+            getattr(self, name).to("meta")
 
     def movement_scale(self, source_kp: torch.Tensor, reference_kp: torch.Tensor) -> float:
         """sqrt(hull volume of the source keypoints) / sqrt(that of the reference driving keypoints)."""

@@ -218,10 +218,14 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     n = len(classes)
     y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels), None if bias is None else bias.repeat(n * n))
     y = y.view(b, n * n, o, h + 1, w + 1)
-    per_class = torch.stack([y[:, i, :, sr:sr + h, sc:sc + w] for i, (sr, sc) in enumerate(shifts)], dim=1)
-    index = torch.tensor([classes.index(ra) * n + classes.index(ca) for ra in phases for ca in phases], device=x.device)
-    out = per_class.index_select(1, index).view(b, factor, factor, o, h, w)
-    return out.permute(0, 3, 4, 1, 5, 2).reshape(b, o, factor * h, factor * w)
+    # Interleave straight into the output: (b, o, h, f, w, f) is the row-major layout of (b, o, fh, fw).
+    out = x.new_empty(b, o, h, factor, w, factor)
+    for a, ra in enumerate(phases):
+        for c, ca in enumerate(phases):
+            i = classes.index(ra) * n + classes.index(ca)
+            sr, sc = shifts[i]
+            out[:, :, :, a, :, c] = y[:, i, :, sr:sr + h, sc:sc + w]
+    return out.view(b, o, factor * h, factor * w)
 
 
 class SPADE(nn.Module):
@@ -246,13 +250,25 @@ class SPADE(nn.Module):
         factor = h // sh
         if self.fast_upsampled_modulation and factor > 1 and h == factor * sh and w == factor * sw:
             conv = self.mlp_shared[0]
-            return F.relu(conv3x3_nearest_upsampled(segmap, conv.weight, conv.bias, factor))
+            return F.relu(conv3x3_nearest_upsampled(segmap, conv.weight, conv.bias, factor),
+                          inplace=not torch.is_grad_enabled())
         return self.mlp_shared(F.interpolate(segmap, size=(h, w), mode="nearest"))
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
-        normalized = F.instance_norm(x, eps=1e-5)
         actv = self.modulation_features(x, segmap)
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        if torch.is_grad_enabled():
+            return F.instance_norm(x, eps=1e-5) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        # Inference: the same arithmetic in place, gamma and beta computed a channel group at a time, so
+        # besides x and the modulation features only the output map is alive at full size.
+        out = F.instance_norm(x, eps=1e-5)
+        group = max(1, out.shape[1] // 4)
+        for start in range(0, out.shape[1], group):
+            sl = slice(start, start + group)
+            gamma = F.conv2d(actv, self.mlp_gamma.weight[sl], self.mlp_gamma.bias[sl], padding=1)
+            out[:, sl].mul_(gamma.add_(1))
+            del gamma
+            out[:, sl].add_(F.conv2d(actv, self.mlp_beta.weight[sl], self.mlp_beta.bias[sl], padding=1))
+        return out
 
 
 class SPADEResBlock(nn.Module):
@@ -271,7 +287,8 @@ class SPADEResBlock(nn.Module):
             self.norm_s = SPADE(fin, label_nc, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        inplace = not torch.is_grad_enabled()
         shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
-        return shortcut + dx
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2, inplace=inplace))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2, inplace=inplace))
+        return dx.add_(shortcut) if inplace else shortcut + dx

@@ -20,6 +20,7 @@ class FaceVid2VidModel(TalkingHeadModel):
     generator and (for training) discriminator."""
 
     family = "face_vid2vid"
+    source_only_modules = ("appearance", "keypoints")  # driving frames use the source's canonical keypoints
 
     def __init__(self, config: ModelConfig, with_discriminator: bool = False):
         super().__init__(config)
