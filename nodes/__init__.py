@@ -1,6 +1,52 @@
 """ComfyUI node classes of the AnyTalk pack: thin adapters over ``anytalk_core`` (no model math here).
 
-The node classes arrive with the node-pack issue; until then the pack registers no nodes.
+Imported only relatively, from the pack's root ``__init__.py`` (ComfyUI owns the top-level name ``nodes``).
+ComfyUI services (folder_paths, ProgressBar, model management, VIDEO) are looked up lazily in ``_comfy``
+with fallbacks, so the pack imports and runs without ComfyUI (tests, scripts).
+
+Graph (split): Load Model, Load Source -> Detect Canonical Keypoints -> Transfer Motion (<- Estimate Motion
+<- Load Video; Motion Edit / Mix / Smooth; Save / Load Motion) -> 3D Warp -> Generate -> Paste Back ->
+Assemble Video. All in one: Animate. An Audio to Motion node (audio issue) will output ANYTALK_MOTION into
+Motion Mix / Transfer Motion / Animate's ``driving_motion``.
 """
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from . import _comfy
+from .animate import AnyTalkAnimate
+from .media import AnyTalkAssembleVideo, AnyTalkLoadAudio, AnyTalkLoadVideo
+from .model import AnyTalkLoadModel
+from .motion import (
+    AnyTalkEstimateMotion,
+    AnyTalkLoadMotion,
+    AnyTalkMotionEdit,
+    AnyTalkMotionMix,
+    AnyTalkMotionSmooth,
+    AnyTalkSaveMotion,
+)
+from .render import AnyTalkGenerate, AnyTalkPasteBack, AnyTalkTransferMotion, AnyTalkWarp3D
+from .source import AnyTalkDetectKeypoints, AnyTalkLoadSource
+
+_NODES = [
+    (AnyTalkLoadModel, "AnyTalk Load Model"),
+    (AnyTalkLoadSource, "AnyTalk Load Source"),
+    (AnyTalkDetectKeypoints, "AnyTalk Detect Canonical Keypoints"),
+    (AnyTalkEstimateMotion, "AnyTalk Estimate Motion"),
+    (AnyTalkMotionEdit, "AnyTalk Motion Edit"),
+    (AnyTalkMotionMix, "AnyTalk Motion Mix"),
+    (AnyTalkMotionSmooth, "AnyTalk Motion Smooth"),
+    (AnyTalkTransferMotion, "AnyTalk Transfer Motion"),
+    (AnyTalkWarp3D, "AnyTalk 3D Warp"),
+    (AnyTalkGenerate, "AnyTalk Generate"),
+    (AnyTalkPasteBack, "AnyTalk Paste Back"),
+    (AnyTalkLoadVideo, "AnyTalk Load Video"),
+    (AnyTalkLoadAudio, "AnyTalk Load Audio"),
+    (AnyTalkSaveMotion, "AnyTalk Save Motion"),
+    (AnyTalkLoadMotion, "AnyTalk Load Motion"),
+    (AnyTalkAssembleVideo, "AnyTalk Assemble Video"),
+    (AnyTalkAnimate, "AnyTalk Animate (all-in-one)"),
+]
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls, _ in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {cls.__name__: name for cls, name in _NODES}
+
+_comfy.register_model_folders()  # inside ComfyUI: models/anytalk and models/liveportrait; a no-op elsewhere
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

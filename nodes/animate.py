@@ -1,0 +1,92 @@
+"""AnyTalk Animate: the whole pipeline in one node, composed from the stage nodes (one code path)."""
+from __future__ import annotations
+
+from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape, check_motion, motion_fps
+from .media import fit_audio, silence
+from .motion import AnyTalkEstimateMotion, AnyTalkMotionSmooth
+from .render import TRANSFER_MODES, AnyTalkGenerate, AnyTalkPasteBack, AnyTalkTransferMotion, AnyTalkWarp3D, strength
+from .source import AnyTalkDetectKeypoints, AnyTalkLoadSource
+
+SOURCE_CROPS = ["auto", "full"]
+DRIVING_CROPS = ["full", "auto (first frame)"]
+
+
+class AnyTalkAnimate:
+    DESCRIPTION = ("Animates a portrait with driving frames (a video's IMAGE batch) or a ready motion, in one node: "
+                   "crop, keypoints, motion, transfer, warp, generate and optional paste-back. The portrait's work is "
+                   "cached, so trying another driving video does not redo it. Audio passes through, fitted to the "
+                   "result's length.")
+    CATEGORY = CATEGORY
+    FUNCTION = "animate"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("frames", "audio", "fps")
+    OUTPUT_TOOLTIPS = ("The animated frames (the crop, or the full picture with paste_back).",
+                       "The audio input fitted to the frames (silence when none is connected).",
+                       "Frame rate of the result.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("ANYTALK_MODEL", {"tooltip": "From AnyTalk Load Model."}),
+                "source_image": ("IMAGE", {"tooltip": "The portrait to animate (any IMAGE: Load Image, VAE Decode, "
+                                                      "...)."}),
+                "source_crop": (SOURCE_CROPS, {"default": "auto", "tooltip": "auto: find the head; full: the whole "
+                                                                             "image."}),
+                "driving_crop": (DRIVING_CROPS, {"default": "full",
+                                                 "tooltip": "full: whole driving frames; auto: find the head in the "
+                                                            "first driving frame."}),
+                "mode": (TRANSFER_MODES, {"default": "relative",
+                                          "tooltip": "relative: keep the portrait's pose and follow the driver's "
+                                                     "movement; absolute: copy the driver's pose."}),
+                "pose_strength": strength("How much of the driver's head rotation is applied."),
+                "expression_strength": strength("How much of the driver's expression is applied."),
+                "translation_strength": strength("How much of the driver's head translation is applied."),
+                "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Temporal smoothing of the motion (0 = off)."}),
+                "paste_back": ("BOOLEAN", {"default": False,
+                                           "tooltip": "Put the animated crop back into the full source image."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 0.1, "max": 240.0, "step": 0.01,
+                                  "tooltip": "Frame rate of the driving frames (connect Load Video's fps)."}),
+            },
+            "optional": {
+                "driving_images": ("IMAGE", {"tooltip": "Driving frames (e.g. AnyTalk Load Video)."}),
+                "driving_motion": ("ANYTALK_MOTION", {"tooltip": "A ready motion instead of driving frames (Load "
+                                                                 "Motion, Motion Edit/Mix, or an audio-to-motion "
+                                                                 "node)."}),
+                "audio": ("AUDIO", {"tooltip": "Sound for the result (e.g. the driving video's). Passed through and "
+                                               "fitted to the frame count."}),
+            },
+        }
+
+    @artist_errors("AnyTalk Animate")
+    def animate(self, model, source_image, source_crop="auto", driving_crop="full", mode="relative",
+                pose_strength=1.0, expression_strength=1.0, translation_strength=1.0, smoothing=0.0,
+                paste_back=False, fps=25.0, driving_images=None, driving_motion=None, audio=None):
+        if driving_images is None and driving_motion is None:
+            if audio is not None:
+                raise AnyTalkError("audio alone cannot drive the animation yet: connect driving_images (a video) or a "
+                                   "driving_motion; audio-to-motion arrives as its own node")
+            raise AnyTalkError("connect driving_images (a video's frames) or a driving_motion")
+        if driving_images is not None and driving_motion is not None:
+            raise AnyTalkError("connect either driving_images or driving_motion, not both")
+        check_image_shape(source_image, "source image", min_side=16)
+        source, _ = AnyTalkLoadSource().load(source_image, crop=source_crop, size=model.image_size)
+        keypoints, _overlay, _own = AnyTalkDetectKeypoints().detect(model, source)
+        if driving_images is not None:
+            motion, _ = AnyTalkEstimateMotion().estimate(model, driving_images, crop=driving_crop, fps=float(fps))
+        else:
+            motion = check_motion(driving_motion, "AnyTalk Animate")
+        rate = motion_fps(motion, float(fps))
+        if smoothing > 0:
+            (motion,) = AnyTalkMotionSmooth().smooth(motion, strength=float(smoothing), fps=rate)
+        (driven,) = AnyTalkTransferMotion().transfer(keypoints, motion, mode=mode, pose_strength=pose_strength,
+                                                     expression_strength=expression_strength,
+                                                     translation_strength=translation_strength)
+        (plan,) = AnyTalkWarp3D().warp(model, source, driven)
+        (frames,) = AnyTalkGenerate().generate(model, source, plan)
+        if paste_back:
+            (frames,) = AnyTalkPasteBack().paste(frames, source)
+        n = frames.shape[0]
+        sound = fit_audio(audio, n, rate) if audio is not None else silence(n, rate)
+        return (frames, sound, rate)
