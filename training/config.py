@@ -1,0 +1,303 @@
+"""Training configuration: TOML files in ``training/configs/`` plus ``key=value`` command-line overrides.
+
+A configuration is a nested dict. :data:`DEFAULTS` lists every key with the seed's values (AnyTalk
+supplementary §B.2/§C.1 and the authors' ``config/vox-256-emo.yaml``); a file only states what differs.
+Unknown keys are errors (a typo must not silently fall back to a default). ``model.overrides`` is
+free-form (it is merged into :class:`anytalk_core.models.config.ModelConfig`, which rejects unknown keys
+itself) and each entry of ``data.sources`` is checked by :mod:`.data`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "parse_override", "config_hash"]
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message says which key and why."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "name": "anytalk",
+    "output_dir": "",  # "" -> runs/<name> (relative paths are relative to the working directory)
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N (under torchrun each rank uses cuda:LOCAL_RANK)
+    "threads": 0,  # torch intra-op threads per process; 0 = torch's default
+    "deterministic": True,  # deterministic kernels (CPU runs are bit-reproducible; see README of the trainer)
+    "model": {
+        "preset": "default",  # default (face-vid2vid released layout, 256, K=15) | tiny (64 px tests/smoke)
+        "num_kp": 15,
+        "overrides": {},  # merged into ModelConfig, e.g. {discriminator = {scales = [1, 0.5]}} for 512 px
+        "init_from": "",  # weights to start from: an inference checkpoint, a face-vid2vid .pth.tar or a training state
+        "init_optimizers": False,  # with a training state in init_from: also take its Adam moments (as the authors' stage 2)
+    },
+    "train": {
+        "epochs": 200,
+        "epoch_offset": 0,  # schedules (lr milestones, deformation-prior decay) see epoch + offset (stage 2: 200)
+        "steps_per_epoch": 0,  # 0 = data.samples_per_epoch // batch_size
+        "batch_size": 36,  # global batch per optimiser step, across all processes and accumulation steps
+        "accumulate": 1,  # micro-batches per optimiser step (per process batch = batch_size / world / accumulate)
+        "lr": 2.0e-4,  # every network (generator side and discriminator)
+        "betas": [0.5, 0.999],
+        "lr_milestones": [180],  # epochs at which the learning rate is multiplied by lr_gamma
+        "lr_gamma": 0.1,
+        "amp": "auto",  # auto (bf16 where supported, else fp16, on CUDA; off on CPU) | off | fp16 | bf16
+        "sync_batchnorm": "auto",  # auto: on for multi-GPU DDP (the authors used synchronised BN); off on CPU
+        "stop_after": 0,  # stop after this many optimiser steps in total (0 = run the whole schedule)
+        "checkpoint_every": 1000,  # steps between atomic training-state checkpoints (always at the end)
+        "snapshot_every_epochs": 10,  # also keep checkpoints/epoch_NNNN.safetensors every N epochs (0 = never)
+        "log_every": 10,  # steps between JSONL metric lines
+        "sample_every": 1000,  # steps between PNG sample grids (0 = only at the end)
+        "num_workers": 4,  # data loader processes per training process
+        "progress": True,  # tqdm progress bar with ETA (rank 0)
+        "tensorboard": False,  # also write TensorBoard scalars (needs the tensorboard package)
+        "export": True,  # write an inference checkpoint (model.safetensors) when the schedule ends
+        "export_include_discriminator": False,
+        "check_sync_every": 0,  # DDP: compare parameter checksums across ranks every N steps (0 = at the end only)
+    },
+    "perceptual": {
+        "weights": [10.0, 10.0, 10.0, 10.0, 10.0],  # lambda_P per VGG-19 layer (relu1_1 .. relu5_1)
+        "scales": [1.0, 0.5, 0.25, 0.125],  # image pyramid 256/128/64/32 at 256 px
+        "vgg19_weights": "",  # file with torchvision's VGG-19 state dict (features.N.weight keys)
+        "fallback": "",  # when no VGG-19 file is named: must say "pixel_pyramid_l1" (never a random VGG)
+    },
+    "gan": {
+        "mode": "hinge",
+        "generator": 1.0,  # lambda_G
+        "discriminator": 1.0,
+        "feature_matching": [10.0, 10.0, 10.0, 10.0],  # per discriminator block
+    },
+    "equivariance": {
+        "weight": 10.0,  # lambda_E
+        "sigma_affine": 0.05,
+        "sigma_tps": 0.005,
+        "points_tps": 5,
+    },
+    "keypoint_prior": {
+        "weight": 10.0,  # lambda_dist
+        "distance_threshold": 0.1,  # D_t
+        "depth_target": 0.33,  # z_t
+    },
+    "head_pose": {
+        "weight": 20.0,  # lambda_M
+        "source": "auto",  # auto | ground_truth | hopenet | none
+        "hopenet_weights": "",  # Hopenet (ResNet-50, 66 bins) state dict, e.g. hopenet_robust_alpha1.pkl
+        "ground_truth_signs": [1.0, 1.0, 1.0],  # multiply renderer (yaw, pitch, roll) to match the estimator's convention
+    },
+    "deformation_prior": {
+        "weight": 5.0,  # lambda_Delta
+        # the authors' schedule: from epoch 100, weight - (epoch - 100) // 50 - 2, never below the floor
+        "decay_start_epoch": 100,
+        "decay_every_epochs": 50,
+        "decay_initial_drop": 2.0,
+        "floor": 1.0,
+    },
+    "expression": {
+        "weight": 0.1,  # lambda_exp
+        "encoder": "auto",  # auto | emonet | synthetic_regressor | none
+        "emonet_weights": "",  # EmoNet (8 classes, AffectNet) state dict, e.g. emonet_8.pth
+        "emonet_code": "features",  # features (pooled 256-d, as the authors) | logits
+        "regressor_weights": "",  # a previously trained synthetic expression regressor (else one is trained)
+        "regressor_code": "params",  # params (7 expression values) | features (pooled)
+        "regressor_steps": 1500,
+        "regressor_batch": 32,
+        "regressor_size": 64,
+        "regressor_width": 16,
+        "regressor_crop": 0.5,  # centred face crop (fraction of the frame) the regressor looks at
+        "regressor_lr": 2.0e-3,
+        "regressor_train_images": 8192,
+        "regressor_val_images": 128,
+        "regressor_domains": ["human", "cg_human", "animal"],
+    },
+    "data": {
+        "image_size": 0,  # 0 = the model's image size
+        "horizontal_flip": True,
+        "time_flip": True,
+        "color_jitter": 0.1,  # brightness, contrast, saturation and hue, as the authors
+        "samples_per_epoch": 0,  # 0 = sum over sources of their item count * repeats
+        "repeats": 1,  # the authors repeat VoxCeleb 75 times per epoch (num_repeats)
+        "manifest": "",  # optional file (toml/json/jsonl/csv) listing more sources
+        "sources": [],  # list of tables, see training/data.py
+    },
+}
+
+# Keys whose value is a free-form table (not checked against DEFAULTS).
+_FREE_FORM = {("model", "overrides")}
+
+
+def _check_keys(config: dict, defaults: dict, path: tuple[str, ...] = ()) -> None:
+    for key, value in config.items():
+        where = ".".join(path + (key,))
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"unknown config key {where!r} (known here: {known})")
+        default = defaults[key]
+        if path + (key,) in _FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table")
+            continue
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table, got {value!r}")
+            _check_keys(value, default, path + (key,))
+        elif key == "sources":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where} must be a list of tables ([[data.sources]])")
+        else:
+            _check_type(where, value, default)
+
+
+def _check_type(where: str, value: Any, default: Any) -> None:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            ok = value.is_integer()
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where} must be of type {type(default).__name__} (like {default!r}), got {value!r}")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value); value parsed as a TOML literal, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings: output_dir=runs/x
+    return key.split("."), value
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides (list items addressed by index: ``data.sources.0.weight=2``)."""
+    config = copy.deepcopy(config)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = config
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                node = _list_item(node, part, where)
+            elif isinstance(node, dict):
+                if part not in node:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise ConfigError(f"override {text!r}: {where} is not a table")
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(last, ".".join(parts), len(node))
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: {'.'.join(parts[:-1])} is not a table")
+    return config
+
+
+def _index(part: str, where: str, n: int) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        raise ConfigError(f"{where}: list items are addressed by index, got {part!r}") from None
+    if not 0 <= idx < n:
+        raise ConfigError(f"{where}: index {idx} out of range (the list has {n} items)")
+    return idx
+
+
+def _list_item(node: list, part: str, where: str) -> Any:
+    return node[_index(part, where, len(node))]
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
+    """Read a TOML config, merge it over :data:`DEFAULTS`, apply overrides, validate keys and types.
+
+    The returned dict has ``_config_path`` and ``_config_dir`` (relative data and weight paths in the
+    file resolve against the working directory, as a user typing them on the command line expects).
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not a valid TOML file ({exc})") from None
+    _check_keys(data, DEFAULTS)
+    config = _merge(DEFAULTS, data)
+    if overrides:
+        config = apply_overrides(config, overrides)
+        _check_keys(config, DEFAULTS)
+    config["_config_path"] = str(path) if path is not None else ""
+    _validate(config)
+    return config
+
+
+def _validate(config: dict) -> None:
+    t = config["train"]
+    for key in ("epochs", "batch_size", "accumulate"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["amp"] not in ("auto", "off", "fp16", "bf16"):
+        raise ConfigError(f"train.amp must be auto, off, fp16 or bf16, got {t['amp']!r}")
+    if t["sync_batchnorm"] not in ("auto", True, False, "on", "off"):
+        raise ConfigError("train.sync_batchnorm must be auto, on or off")
+    if len(t["betas"]) != 2:
+        raise ConfigError("train.betas must be two numbers")
+    if config["model"]["preset"] not in ("default", "tiny"):
+        raise ConfigError(f"model.preset must be 'default' or 'tiny', got {config['model']['preset']!r}")
+    if config["gan"]["mode"] != "hinge":
+        raise ConfigError("gan.mode: only the seed's hinge loss is implemented")
+    if config["head_pose"]["source"] not in ("auto", "ground_truth", "hopenet", "none"):
+        raise ConfigError("head_pose.source must be auto, ground_truth, hopenet or none")
+    if config["expression"]["encoder"] not in ("auto", "emonet", "synthetic_regressor", "none"):
+        raise ConfigError("expression.encoder must be auto, emonet, synthetic_regressor or none")
+    if config["perceptual"]["fallback"] not in ("", "pixel_pyramid_l1"):
+        raise ConfigError("perceptual.fallback must be '' or 'pixel_pyramid_l1'")
+    if not config["perceptual"]["scales"] or any(not 0 < s <= 1 for s in config["perceptual"]["scales"]):
+        raise ConfigError("perceptual.scales must be a non-empty list of factors in (0, 1]")
+    if len(config["head_pose"]["ground_truth_signs"]) != 3:
+        raise ConfigError("head_pose.ground_truth_signs must be three numbers (yaw, pitch, roll)")
+
+
+def output_dir(config: dict) -> Path:
+    return Path(config["output_dir"] or os.path.join("runs", config["name"]))
+
+
+def public(config: dict) -> dict:
+    """The config without private ``_`` keys (what is stored in checkpoints and logs)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def config_hash(section: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,984 @@
+"""The headless trainer: setup (every check before the first step), the training loop, checkpoints, export.
+
+One optimiser step (the authors' order): the generator side (appearance encoder, keypoint detector,
+motion estimator, dense motion, generator) takes a step on the sum of the weighted generator losses over
+``train.accumulate`` micro-batches, then the discriminator takes a step on the hinge loss of the same
+micro-batches' real and (detached) generated frames. Under ``torchrun`` both sides are wrapped in
+DistributedDataParallel; micro-batch m of rank r is the (m * world + r)-th slice of the global batch, so
+the data seen does not depend on how the global batch is split over processes and accumulation.
+
+Randomness is keyed, not sequential: the data of sample p in epoch e depends on (seed, e, p) only and the
+equivariance transform of a micro-batch on (seed, step, global micro index). With the checkpointed
+networks, optimiser moments, AMP scaler and the step counter, a resumed CPU run continues bit-identically.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from anytalk_core.checkpoints import CheckpointError, check_state_dict, read_weights, save_checkpoint
+from anytalk_core.models.config import DiscriminatorConfig, ModelConfig, tiny_config
+from anytalk_core.models.registry import build_model, get_family
+
+from . import losses as L
+from .checkpointing import (
+    EpochMultiStepLR,
+    TrainStateError,
+    read_train_state,
+    restore_train_state,
+    save_train_state,
+)
+from .config import ConfigError, config_hash, output_dir, public
+from .data import DataError, StepBatchSampler, build_dataset, collate
+from .expression import build_expression_encoder
+from .pretrained import WeightsError, load_hopenet, load_vgg19
+
+GENERATOR_MODULES = ("appearance", "keypoints", "motion", "dense_motion", "generator")
+
+
+class SetupError(ValueError):
+    """Anything that stops training before it starts; the message is one actionable line."""
+
+
+SETUP_ERRORS = (SetupError, ConfigError, DataError, WeightsError, TrainStateError, CheckpointError, FileExistsError)
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed setup
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(config: dict) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = str(config["device"])
+    if want == "auto":
+        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    elif want == "cuda":
+        if not torch.cuda.is_available():
+            raise SetupError("device = 'cuda' but no CUDA device is available (use device = 'auto' or 'cpu')")
+        device = torch.device(f"cuda:{local}")
+    else:
+        device = torch.device(want)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SetupError(f"device = {want!r} but no CUDA device is available")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local, device)
+
+
+def seed_for(*parts: int | str) -> int:
+    """A 63-bit seed from a key (stable across processes and Python runs)."""
+    h = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model configuration and initial weights
+# ------------------------------------------------------------------------------------------------
+
+def build_model_config(config: dict) -> ModelConfig:
+    m = config["model"]
+    if m["preset"] == "tiny":
+        base = tiny_config(num_kp=int(m["num_kp"]), with_discriminator=True)
+    else:
+        base = get_family("face_vid2vid").default_config()
+        if int(m["num_kp"]) != base.num_kp:
+            d = base.to_dict()
+            d["num_kp"] = int(m["num_kp"])
+            for sub in ("keypoints", "motion", "dense_motion"):
+                d[sub]["num_kp"] = int(m["num_kp"])
+            base = ModelConfig.from_dict(d)
+    if m["overrides"]:
+        d = base.to_dict()
+        _deep_update(d, json.loads(json.dumps(m["overrides"])))
+        try:
+            base = ModelConfig.from_dict(d)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.overrides: {exc}") from None
+    if base.discriminator is None:
+        base.discriminator = DiscriminatorConfig()
+    return base
+
+
+def _deep_update(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_initial_weights(model: nn.Module, path: str, log) -> tuple[dict, "object | None"]:
+    """Start from existing weights: an inference checkpoint / face-vid2vid file, or a training state
+    (returned too, for its optimiser moments)."""
+    from safetensors import safe_open
+
+    fmt = ""
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        try:
+            with safe_open(path, "pt") as f:
+                fmt = (f.metadata() or {}).get("format", "")
+        except Exception:  # noqa: BLE001 - read_weights reports it properly below
+            fmt = ""
+    train_state = None
+    if fmt == "anytalk.train_state":
+        train_state = read_train_state(path)
+        state = train_state.model_state()
+    else:
+        if not os.path.exists(path):
+            raise SetupError(f"model.init_from: {path}: file not found")
+        state = dict(read_weights(path, "face_vid2vid").state)
+    gen_state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
+    holder = nn.Module()
+    for name in GENERATOR_MODULES:
+        setattr(holder, name, getattr(model, name))
+    try:
+        check_state_dict(path, holder, gen_state)
+    except CheckpointError as exc:
+        raise SetupError(f"model.init_from: {exc}") from None
+    disc_state = {k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")}
+    holder.load_state_dict(gen_state, strict=True)
+    note = "generator side loaded"
+    if disc_state and hasattr(model, "discriminator"):
+        try:
+            check_state_dict(path, model.discriminator, disc_state)
+            model.discriminator.load_state_dict(disc_state, strict=True)
+            note += ", discriminator loaded"
+        except CheckpointError:
+            note += ", discriminator does not fit: initialised fresh"
+    else:
+        note += ", no discriminator in the file: initialised fresh"
+    log(f"init_from {path}: {note}")
+    return {"path": os.path.abspath(path), "note": note}, train_state
+
+
+# ------------------------------------------------------------------------------------------------
+# The two sides of the GAN (each wrapped in DDP when distributed)
+# ------------------------------------------------------------------------------------------------
+
+class LossSetup:
+    """Resolved losses: weights, frozen helper networks and what each one is (for logs/provenance)."""
+
+    def __init__(self):
+        self.perceptual: L.PerceptualLoss | None = None
+        self.pose_teacher: nn.Module | None = None
+        self.pose_mode = "none"
+        self.prefer_ground_truth = True
+        self.expression: nn.Module | None = None
+        self.info: dict = {}
+
+
+class GeneratorSide(nn.Module):
+    """Registers the generator-side networks (what DDP synchronises); the discriminator and the frozen
+    helper networks are held outside the module tree."""
+
+    def __init__(self, model: nn.Module, setup: LossSetup, config: dict):
+        super().__init__()
+        for name in GENERATOR_MODULES:
+            setattr(self, name, getattr(model, name))
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_setup", setup)
+        object.__setattr__(self, "_cfg", config)
+
+    def forward(self, batch: dict, theta: torch.Tensor, control: torch.Tensor | None, epoch: int):
+        model, setup, cfg = self._model, self._setup, self._cfg
+        src, drv = batch["source"], batch["driving"]
+        b = src.shape[0]
+        canonical = model.canonical_keypoints(src)
+        raw_s = model.estimate_motion_raw(src)
+        raw_d = model.estimate_motion_raw(drv)
+        motion_s, motion_d = model.motion_from_raw(raw_s), model.motion_from_raw(raw_d)
+        kp_s = model.motion_keypoints(canonical, motion_s)
+        kp_d = model.motion_keypoints(canonical, motion_d)
+        out = model.decode(model.encode_appearance(src), kp_d, kp_s)
+        pred = out["prediction"]
+        losses: dict[str, torch.Tensor] = {}
+
+        if setup.perceptual is not None:
+            losses["perceptual"] = setup.perceptual(pred, drv)
+
+        g = cfg["gan"]
+        if g["generator"] or any(g["feature_matching"]):
+            maps = model.discriminator(torch.cat([drv, pred]))
+            real = {k: ([f[:b] for f in feats], p[:b]) for k, (feats, p) in maps.items()}
+            fake = {k: ([f[b:] for f in feats], p[b:]) for k, (feats, p) in maps.items()}
+            if g["generator"]:
+                losses["gen_gan"] = L.generator_gan_loss(fake, float(g["generator"]))
+            if any(g["feature_matching"]):
+                losses["feature_matching"] = L.feature_matching_loss(real, fake, [float(w) for w in g["feature_matching"]])
+
+        e = cfg["equivariance"]
+        if e["weight"]:
+            transform = L.EquivarianceTransform(theta, control, int(e["points_tps"]))
+            transformed = transform.transform_frame(drv)
+            raw_t = model.estimate_motion_raw(transformed)
+            kp_t = model.motion_keypoints(canonical, model.motion_from_raw(raw_t))
+            losses["equivariance"] = L.equivariance_loss(kp_d, kp_t, transform, float(e["weight"]))
+
+        k = cfg["keypoint_prior"]
+        if k["weight"]:
+            losses["keypoint_prior"] = L.keypoint_prior_loss(kp_d, float(k["weight"]), float(k["distance_threshold"]),
+                                                             float(k["depth_target"]))
+
+        if setup.pose_mode != "none":
+            angles = torch.stack([motion_d.yaw, motion_d.pitch, motion_d.roll], dim=1)
+            target, mask = batch["pose"], batch["has_pose"]
+            if setup.pose_teacher is not None:
+                with torch.no_grad():
+                    teacher = setup.pose_teacher(drv).to(target.dtype)
+                use_gt = mask.view(-1, 1) if setup.prefer_ground_truth else torch.zeros_like(mask.view(-1, 1))
+                target = torch.where(use_gt, target, teacher)
+                mask = torch.ones_like(mask)
+            losses["head_pose"] = L.head_pose_loss(angles, target.detach(), float(cfg["head_pose"]["weight"]), mask)
+
+        d = cfg["deformation_prior"]
+        if d["weight"]:
+            w = L.deformation_prior_weight(epoch, float(d["weight"]), int(d["decay_start_epoch"]),
+                                           int(d["decay_every_epochs"]), float(d["decay_initial_drop"]), float(d["floor"]))
+            losses["deformation_prior"] = L.deformation_prior_loss(raw_d["exp"], w)
+
+        if setup.expression is not None:
+            losses["expression"] = L.expression_consistency_loss(setup.expression, drv, pred,
+                                                                 float(cfg["expression"]["weight"]))
+        return losses, {"prediction": pred, "kp_driving": kp_d, "kp_source": kp_s}
+
+
+class DiscriminatorSide(nn.Module):
+    def __init__(self, discriminator: nn.Module, weight: float):
+        super().__init__()
+        self.discriminator = discriminator
+        self.weight = weight
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        b = real.shape[0]
+        maps = self.discriminator(torch.cat([real, fake.detach()]))
+        r = {k: (feats, p[:b]) for k, (feats, p) in maps.items()}
+        f = {k: (feats, p[b:]) for k, (feats, p) in maps.items()}
+        return L.discriminator_hinge_loss(r, f, self.weight)
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+
+class Trainer:
+    """``Trainer(config, resume=...).fit()``; every check happens in the constructor."""
+
+    def __init__(self, config: dict, resume: bool | str = False, log_stream=None):
+        self.cfg = config
+        self.stream = log_stream or sys.stderr
+        self.t0 = time.time()
+        if config["threads"]:
+            torch.set_num_threads(int(config["threads"]))
+        if config["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+        self.dist = init_distributed(config)
+        self.device = self.dist.device
+        self.run_dir = output_dir(config)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._interrupted = False
+        self._log_file = None
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----- logging -------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if not self.dist.is_main:
+            return
+        line = f"[anytalk-train] {message}"
+        bar = getattr(self, "bar", None)
+        if bar is not None and not bar.disable:
+            bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+        if self._log_file is not None:
+            self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+            self._log_file.flush()
+
+    def barrier(self) -> None:
+        if self.dist.distributed:
+            dist.barrier()
+
+    # ----- setup -----------------------------------------------------------------------------------
+    def _setup(self, resume: bool | str) -> None:
+        cfg, main = self.cfg, self.dist.is_main
+        if cfg["train"]["tensorboard"]:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise SetupError("train.tensorboard = true but the tensorboard package is not installed "
+                                 "(pip install tensorboard, or set train.tensorboard = false)")
+        last = self.ckpt_dir / "last.safetensors"
+        resume_path = None
+        if resume:
+            resume_path = Path(resume) if isinstance(resume, str) else last
+            if not resume_path.exists():
+                raise SetupError(f"--resume: no training checkpoint at {resume_path} (nothing to resume; "
+                                 "start without --resume)")
+        elif last.exists():
+            raise SetupError(f"{self.run_dir} already holds a training run ({last}); pass --resume to continue it "
+                             "or choose another output_dir / name")
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            self._log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")
+        self.barrier()
+        if cfg["deterministic"]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            if self.device.type == "cuda":  # some CUDA backward kernels (grid_sample) have no deterministic form
+                import warnings
+
+                warnings.filterwarnings("once", message=".*does not have a deterministic implementation.*")
+                torch.backends.cudnn.benchmark = False
+                torch.backends.cudnn.deterministic = True
+        self._setup_amp()
+
+        # model configuration (the network itself is built once the cheap checks have passed)
+        self.model_config = build_model_config(cfg)
+        self.image_size = int(cfg["data"]["image_size"] or self.model_config.image_size)
+        if self.image_size != self.model_config.image_size:
+            raise SetupError(f"data.image_size={self.image_size} differs from the model's image size "
+                             f"{self.model_config.image_size} (set model.overrides.image_size too)")
+        init_from = os.path.expanduser(cfg["model"]["init_from"]) if cfg["model"]["init_from"] and not resume_path else ""
+        if init_from and not os.path.isfile(init_from):
+            raise SetupError(f"model.init_from: {init_from}: file not found")
+
+        # data (a bad folder fails here)
+        self.dataset = build_dataset(cfg, self.image_size)
+        t = cfg["train"]
+        self.global_batch = int(t["batch_size"])
+        self.accumulate = int(t["accumulate"])
+        if self.global_batch % (self.dist.world * self.accumulate):
+            raise SetupError(f"train.batch_size={self.global_batch} must be divisible by processes "
+                             f"({self.dist.world}) x train.accumulate ({self.accumulate})")
+        self.micro_batch = self.global_batch // (self.dist.world * self.accumulate)
+        spe = int(t["steps_per_epoch"]) or self.dataset.samples_per_epoch // self.global_batch
+        if spe < 1:
+            raise SetupError(f"an epoch of {self.dataset.samples_per_epoch} samples is smaller than one batch of "
+                             f"{self.global_batch}: lower train.batch_size or raise data.samples_per_epoch")
+        self.dataset.set_samples_per_epoch(spe * self.global_batch)
+        self.steps_per_epoch = spe
+        self.total_steps = spe * int(t["epochs"])
+        self.end_step = min(self.total_steps, int(t["stop_after"])) if int(t["stop_after"]) > 0 else self.total_steps
+
+        # losses and the frozen networks they need (missing files fail here)
+        self.losses = self._setup_losses()
+
+        # the networks (identical initialisation on every rank)
+        torch.manual_seed(int(cfg["seed"]))
+        self.model = build_model(self.model_config, with_discriminator=True)
+        self.init_info, init_state = None, None
+        if cfg["model"]["init_from"] and not resume_path:
+            self.init_info, init_state = load_initial_weights(self.model, os.path.expanduser(cfg["model"]["init_from"]),
+                                                              self.log)
+            if cfg["model"]["init_optimizers"] and init_state is None:
+                raise SetupError("model.init_optimizers = true needs a training checkpoint (checkpoints/*.safetensors "
+                                 "of a run) in model.init_from, not an inference checkpoint")
+        self.sync_bn = self._want_sync_bn()
+        if self.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device).train()
+
+        # optimisers, schedule
+        gen_params = [p for name in GENERATOR_MODULES for p in getattr(self.model, name).parameters()]
+        betas = tuple(float(b) for b in t["betas"])
+        self.opt_g = torch.optim.Adam(gen_params, lr=float(t["lr"]), betas=betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=float(t["lr"]), betas=betas)
+        self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
+        self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], float(t["lr"]), list(t["lr_milestones"]),
+                                          float(t["lr_gamma"]))
+        self.start_step = 0
+        if init_state is not None and cfg["model"]["init_optimizers"]:
+            from .checkpointing import restore_optimizers
+
+            restore_optimizers(init_state, self.optimizers)
+            self.init_info["note"] += ", optimiser moments loaded"
+        if resume_path is not None:
+            self._resume(resume_path)
+        if self.start_step >= self.end_step and self.start_step < self.total_steps and int(t["stop_after"]) > 0:
+            raise SetupError(f"the checkpoint is at step {self.start_step}, already at train.stop_after="
+                             f"{t['stop_after']}: raise or clear stop_after to continue")
+
+        # DDP wrappers
+        self.gen_side = GeneratorSide(self.model, self.losses, cfg)
+        self.disc_side = DiscriminatorSide(self.model.discriminator, float(cfg["gan"]["discriminator"]))
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.gen_ddp = DDP(self.gen_side, device_ids=ids, broadcast_buffers=True)
+            self.disc_ddp = DDP(self.disc_side, device_ids=ids, broadcast_buffers=True)
+        else:
+            self.gen_ddp, self.disc_ddp = self.gen_side, self.disc_side
+
+        self._setup_logging_outputs(resume_path is not None)
+        self._write_run_info()
+
+    def _setup_amp(self) -> None:
+        amp = self.cfg["train"]["amp"]
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            if amp == "auto":
+                amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            if amp == "bf16":
+                self.amp_dtype = torch.bfloat16
+            elif amp == "fp16":
+                self.amp_dtype = torch.float16
+        elif amp in ("fp16", "bf16"):
+            raise SetupError(f"train.amp = {amp!r} needs a CUDA device; this run is on {self.device} "
+                             "(use amp = 'auto' or 'off')")
+        self.amp_mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def _want_sync_bn(self) -> bool:
+        s = self.cfg["train"]["sync_batchnorm"]
+        if s in (True, "on"):
+            if self.device.type != "cuda":
+                raise SetupError("train.sync_batchnorm = on needs CUDA devices (torch's SyncBatchNorm is GPU only)")
+            return self.dist.distributed
+        if s in (False, "off"):
+            return False
+        return self.dist.distributed and self.device.type == "cuda"
+
+    def _setup_losses(self) -> LossSetup:
+        cfg, setup = self.cfg, LossSetup()
+        # perceptual
+        p = cfg["perceptual"]
+        if any(float(w) for w in p["weights"]):
+            if p["vgg19_weights"]:
+                vgg = load_vgg19(os.path.expanduser(p["vgg19_weights"])).to(self.device)
+                smallest = min(p["scales"]) * self.image_size
+                if smallest < 16:
+                    raise SetupError(f"perceptual.scales: the smallest pyramid level is {smallest:g} px; VGG-19's "
+                                     "relu5_1 needs at least 16 px (drop the small scales at this image size)")
+                setup.perceptual = L.PerceptualLoss(p["scales"], p["weights"], "vgg19", vgg).to(self.device)
+                setup.info["perceptual"] = {"backend": "vgg19_pyramid_l1", "weights": os.path.abspath(p["vgg19_weights"]),
+                                            "scales": p["scales"], "layer_weights": p["weights"]}
+            elif p["fallback"] == "pixel_pyramid_l1":
+                setup.perceptual = L.PerceptualLoss(p["scales"], p["weights"], "pixel_pyramid_l1").to(self.device)
+                setup.info["perceptual"] = {"backend": "pixel_pyramid_l1", "scales": p["scales"],
+                                            "note": "FALLBACK: no VGG-19 weights named; multi-scale pixel L1 "
+                                                    "(perceptual.fallback = 'pixel_pyramid_l1')"}
+                self.log("perceptual loss: FALLBACK pixel_pyramid_l1 (multi-scale L1 on pixels, no VGG-19): "
+                         "name perceptual.vgg19_weights for the seed's VGG-19 perceptual loss")
+            else:
+                raise SetupError("the perceptual loss needs VGG-19 weights: set perceptual.vgg19_weights to a file "
+                                 "with torchvision's VGG-19 state dict (features.N.weight keys), or state the fallback "
+                                 "explicitly with perceptual.fallback = 'pixel_pyramid_l1'")
+        else:
+            setup.info["perceptual"] = {"backend": "off"}
+        # head pose
+        h = cfg["head_pose"]
+        no_gt = [s.name for s in self.dataset.sources if not s.has_ground_truth]
+        source = h["source"]
+        if not float(h["weight"]) or source == "none":
+            setup.pose_mode = "none"
+        elif source == "hopenet" or (source == "auto" and h["hopenet_weights"]):
+            if not h["hopenet_weights"]:
+                raise SetupError("head_pose.source = 'hopenet' needs head_pose.hopenet_weights (a Hopenet state dict, "
+                                 "e.g. hopenet_robust_alpha1.pkl)")
+            setup.pose_teacher = load_hopenet(os.path.expanduser(h["hopenet_weights"])).to(self.device)
+            setup.pose_mode = "hopenet"
+        elif no_gt:
+            raise SetupError(f"the head-pose loss (head_pose.weight = {h['weight']}) needs a pose teacher for data "
+                             f"source(s) {', '.join(no_gt)} which have no ground-truth pose: set "
+                             "head_pose.hopenet_weights to a Hopenet file, or head_pose.weight = 0")
+        else:
+            setup.pose_mode = "ground_truth"
+        setup.info["head_pose"] = {"mode": setup.pose_mode, "weights": h["hopenet_weights"] or None,
+                                   "note": {"ground_truth": "ground-truth angles of the synthetic renderer",
+                                            "hopenet": "Hopenet teacher (ground truth preferred where the data has it)",
+                                            "none": "head-pose loss off"}[setup.pose_mode]}
+        # expression
+        setup.expression, setup.info["expression"] = build_expression_encoder(
+            cfg, self.run_dir, self.device, log=self.log, is_main=self.dist.is_main, barrier=self.barrier)
+        return setup
+
+    def _resume(self, path: Path) -> None:
+        state = read_train_state(path)
+        saved_model = json.loads(state.meta["model_config"])
+        if saved_model != json.loads(self.model_config.to_json()):
+            diff = sorted(k for k in set(saved_model) | set(json.loads(self.model_config.to_json()))
+                          if saved_model.get(k) != json.loads(self.model_config.to_json()).get(k))
+            raise TrainStateError(f"{path}: trained with another model configuration (differs in {diff}); resume "
+                                  "with the run's own config")
+        saved_cfg = json.loads(state.meta["config"])
+        saved_t = saved_cfg.get("train", {})
+        for key in ("batch_size", "accumulate"):
+            if saved_t.get(key) != self.cfg["train"][key]:
+                self.log(f"warning: train.{key} changed since the checkpoint ({saved_t.get(key)} -> "
+                         f"{self.cfg['train'][key]}): the resumed run will not match an uninterrupted one")
+        phi = state.extra.get("expression_weights_crc")
+        if phi is not None and phi != self._phi_crc():
+            raise TrainStateError(f"{path}: the expression encoder differs from the one this run was trained with")
+        restore_train_state(state, self.model, self.optimizers, self.scheduler, self.scaler)
+        self.model.to(self.device)
+        for opt in self.optimizers.values():  # Adam moments follow their parameters
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and k != "step":
+                        st[k] = v.to(self.device)
+        self.start_step = state.step
+        self.log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
+
+    def _phi_crc(self):
+        if self.losses.expression is None:
+            return None
+        from .checkpointing import _crc
+
+        return [_crc(v) for v in self.losses.expression.state_dict().values()]
+
+    def _setup_logging_outputs(self, resumed: bool) -> None:
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tb = None
+        if not self.dist.is_main:
+            return
+        if not resumed and self.metrics_path.exists():  # a fresh start in a folder of an aborted attempt
+            from anytalk_core.io_utils import unique_path
+
+            os.replace(self.metrics_path, unique_path(self.metrics_path))
+        if resumed and self.metrics_path.exists():  # drop lines past the checkpoint (they will be redone)
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.start_step]
+            from anytalk_core.io_utils import atomic_output
+
+            with atomic_output(self.metrics_path, overwrite=True) as tmp:
+                Path(tmp).write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        if self.cfg["train"]["tensorboard"]:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def describe(self) -> dict:
+        return {
+            "device": str(self.device), "world_size": self.dist.world, "amp": self.amp_mode,
+            "sync_batchnorm": self.sync_bn, "global_batch": self.global_batch, "accumulate": self.accumulate,
+            "micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "image_size": self.image_size, "data": self.dataset.describe(), "domains": self.dataset.domains,
+            "losses": self.losses.info, "init_from": self.init_info,
+            "model_parameters": sum(p.numel() for n in GENERATOR_MODULES for p in getattr(self.model, n).parameters()),
+            "discriminator_parameters": sum(p.numel() for p in self.model.discriminator.parameters()),
+        }
+
+    def _write_run_info(self) -> None:
+        info = self.describe()
+        self.log(f"device {info['device']} x{info['world_size']}, AMP {info['amp']}, global batch {self.global_batch} "
+                 f"({self.micro_batch} per micro-batch, accumulate {self.accumulate}), {self.steps_per_epoch} steps/epoch, "
+                 f"{self.total_steps} steps in total")
+        for s in info["data"]:
+            self.log(f"data {s['name']}: {s['kind']} {s['domains']} {s['items']} items, weight {s['weight']}, "
+                     f"{s['per_epoch']} per epoch{', ground truth' if s['ground_truth'] else ''}")
+        for name, value in self.losses.info.items():
+            self.log(f"{name}: {json.dumps(value, default=str)}")
+        if self.dist.is_main:
+            from anytalk_core.io_utils import atomic_output
+
+            doc = {"config": public(self.cfg), "run": info, "torch": torch.__version__,
+                   "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            with atomic_output(self.run_dir / "run_info.json", overwrite=True) as tmp:
+                Path(tmp).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    def _loader(self):
+        sampler = StepBatchSampler(self.steps_per_epoch, self.global_batch, self.accumulate, self.dist.world,
+                                   self.dist.rank, self.start_step, self.end_step)
+        workers = int(self.cfg["train"]["num_workers"])
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
+            persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _transform(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        e = self.cfg["equivariance"]
+        g = torch.Generator().manual_seed(seed_for(self.cfg["seed"], "equivariance", step, micro * self.dist.world + self.dist.rank))
+        t = L.EquivarianceTransform.random(self.micro_batch, float(e["sigma_affine"]), float(e["sigma_tps"]),
+                                           int(e["points_tps"]), generator=g)
+        cp = t.control_params.to(self.device) if t.control_params is not None else None
+        return t.theta.to(self.device), cp
+
+    def _power_iteration_state(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Spectral-norm vectors before a pass over the micro-batches (None without accumulation).
+
+        Each forward in training mode advances spectral normalisation's power iteration. So that every
+        micro-batch of a step sees the same normalised weights -- as the processes of a DDP step do -- the
+        vectors are reset to their value at the start of the pass before each further micro-batch; they
+        advance once per pass and step however the global batch is split.
+        """
+        if self.accumulate == 1:
+            return None
+        bufs = [b for n, b in self.model.named_buffers() if n.endswith(("weight_u", "weight_v"))]
+        return [(b, b.detach().clone()) for b in bufs]
+
+    @staticmethod
+    def _restore_power_iteration(state) -> None:
+        if state:
+            with torch.no_grad():
+                for buf, saved in state:
+                    buf.copy_(saved)
+
+    def _set_disc_grad(self, flag: bool) -> None:
+        for p in self.model.discriminator.parameters():
+            p.requires_grad_(flag)
+
+    def train_step(self, step: int, batches) -> dict:
+        epoch = step // self.steps_per_epoch + int(self.cfg["train"]["epoch_offset"])  # the schedules' epoch
+        if epoch != self.scheduler.last_epoch:
+            self.scheduler.apply(epoch)
+        acc = self.accumulate
+        sums: dict[str, float] = {}
+        kept = []
+        per_domain: dict[int, list[float]] = {}
+        # generator side
+        self._set_disc_grad(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        power = self._power_iteration_state()
+        for m in range(acc):
+            if m:
+                self._restore_power_iteration(power)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            theta, control = self._transform(step, m)
+            sync = contextlib.nullcontext() if (m == acc - 1 or not self.dist.distributed) else self.gen_ddp.no_sync()
+            with sync:
+                with self._autocast():
+                    losses, out = self.gen_ddp(batch, theta, control, epoch)
+                total = sum(v.float() for v in losses.values())
+                self.scaler.scale(total / acc).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / acc
+            sums["generator_total"] = sums.get("generator_total", 0.0) + float(total.detach()) / acc
+            with torch.no_grad():
+                l1 = (out["prediction"].float() - batch["driving"]).abs().mean(dim=(1, 2, 3))
+                for d, v in zip(batch["domain"].tolist(), l1.tolist()):
+                    per_domain.setdefault(d, []).append(v)
+            kept.append((batch, out["prediction"].detach(), out["kp_driving"].detach()))
+        self.scaler.step(self.opt_g)
+        # discriminator side
+        self._set_disc_grad(True)
+        if float(self.cfg["gan"]["discriminator"]) and (self.cfg["gan"]["generator"] or any(self.cfg["gan"]["feature_matching"])):
+            self.opt_d.zero_grad(set_to_none=True)
+            power = self._power_iteration_state()
+            for m, (batch, pred, _) in enumerate(kept):
+                if m:
+                    self._restore_power_iteration(power)
+                sync = contextlib.nullcontext() if (m == acc - 1 or not self.dist.distributed) else self.disc_ddp.no_sync()
+                with sync:
+                    with self._autocast():
+                        d_loss = self.disc_ddp(batch["driving"], pred)
+                    self.scaler.scale(d_loss.float() / acc).backward()
+                sums["discriminator"] = sums.get("discriminator", 0.0) + float(d_loss.detach()) / acc
+            self.scaler.step(self.opt_d)
+        self.scaler.update()
+        for i, name in enumerate(self.dataset.domains):  # every domain on every rank: reductions need the same keys
+            vals = per_domain.get(i, [])
+            sums[f"l1_sum/{name}"] = float(sum(vals))
+            sums[f"l1_count/{name}"] = float(len(vals))
+        self._last = kept[-1]
+        return sums
+
+    def _summarise(self, window: dict[str, list[float]]) -> dict:
+        """Means over the logging window and the ranks; reconstruction L1 per data domain."""
+        keys = sorted(window)
+        local = [sum(window[k]) if k.startswith("l1_") else sum(window[k]) / len(window[k]) for k in keys]
+        t = torch.tensor(local, dtype=torch.float64, device=self.device)
+        if self.dist.distributed:
+            dist.all_reduce(t)
+        total = dict(zip(keys, t.tolist()))
+        out = {k: v / self.dist.world for k, v in total.items() if not k.startswith("l1_")}
+        for k, v in total.items():
+            if k.startswith("l1_sum/"):
+                n = total[k.replace("l1_sum/", "l1_count/")]
+                if n:
+                    out["l1/" + k[len("l1_sum/"):]] = v / n
+        return out
+
+    def _any_rank(self, flag: bool) -> bool:
+        if not self.dist.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def fit(self) -> dict:
+        """Run from the current step to the end of the schedule (or ``train.stop_after``)."""
+        from tqdm import tqdm
+
+        t = self.cfg["train"]
+        result = {"run_dir": str(self.run_dir), "start_step": self.start_step}
+        self.bar = tqdm(total=self.end_step, initial=self.start_step, desc=self.cfg["name"], unit="step",
+                        disable=not (self.dist.is_main and t["progress"]), dynamic_ncols=True, file=self.stream)
+        old_handlers = self._install_signal_handlers()
+        step = self.start_step
+        log_every, ckpt_every = max(1, int(t["log_every"])), int(t["checkpoint_every"])
+        sample_every = int(t["sample_every"])
+        window_t, window_n = time.time(), 0
+        window: dict[str, list[float]] = {}
+        timing = []
+        last_sample = -1
+        try:
+            batches = iter(self._loader())
+            while step < self.end_step:
+                ts = time.time()
+                try:
+                    values = self.train_step(step, batches)
+                except DataError as exc:  # a clip that cannot be read: keep the progress, say which one
+                    if step > self.start_step:
+                        self.save(step)
+                    raise DataError(f"{exc} (at step {step}; progress saved: fix or drop the clip and --resume)") from None
+                step += 1
+                timing.append(time.time() - ts)
+                window_n += 1
+                for k, v in values.items():
+                    window.setdefault(k, []).append(v)
+                self.bar.update(1)
+                if step % log_every == 0 or step == self.end_step:
+                    means = self._summarise(window)
+                    window = {}
+                    now = time.time()
+                    rate = window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    self._log_metrics(step, means, rate)
+                    self.bar.set_postfix(G=f"{means['generator_total']:.3f}", D=f"{means.get('discriminator', 0):.3f}")
+                if sample_every and step % sample_every == 0:
+                    self._save_samples(step)
+                    last_sample = step
+                interrupted = self._any_rank(self._interrupted)
+                if ckpt_every and step % ckpt_every == 0 or step == self.end_step or interrupted:
+                    self.save(step)
+                if self.cfg["train"]["snapshot_every_epochs"] and step % self.steps_per_epoch == 0:
+                    epoch = step // self.steps_per_epoch
+                    if epoch % int(self.cfg["train"]["snapshot_every_epochs"]) == 0:
+                        self.save(step, self.ckpt_dir / f"epoch_{epoch:04d}.safetensors")
+                check = int(t["check_sync_every"])
+                if self.dist.distributed and check and step % check == 0:
+                    self.check_sync(step)
+                if interrupted:
+                    self.log(f"interrupted: saved step {step}; continue with --resume")
+                    result["interrupted"] = True
+                    break
+        finally:
+            self.bar.close()
+            self._restore_signal_handlers(old_handlers)
+        result["end_step"] = step
+        steady = timing[1:] if len(timing) > 1 else timing
+        if steady:
+            result["steps_per_s"] = len(steady) / sum(steady)
+        if step == self.start_step:
+            self.log("nothing to do: the checkpoint is already at the end of the schedule")
+        if step > self.start_step and last_sample != step:
+            self._save_samples(step)
+        if self.dist.distributed:
+            result["ranks_in_sync"] = self.check_sync(step)
+        if step >= self.total_steps and step > self.start_step and t["export"] and not result.get("interrupted"):
+            result["export"] = self.export()
+        self.log(f"done at step {step}" + (f", {result['steps_per_s']:.2f} steps/s" if "steps_per_s" in result else ""))
+        return result
+
+    # ----- outputs ---------------------------------------------------------------------------------
+    def _log_metrics(self, step: int, values: dict, rate: float) -> None:
+        if not self.dist.is_main:
+            return
+        epoch = (step - 1) // self.steps_per_epoch
+        remaining = self.end_step - step
+        line = {"step": step, "epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"],
+                "steps_per_s": round(rate, 4), "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+                "time": round(time.time() - self.t0, 2),
+                **{k: round(v, 6) for k, v in values.items()}}
+        if self.scaler.is_enabled():
+            line["grad_scale"] = float(self.scaler.get_scale())
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"loss/{k}", v, step)
+            self.tb.add_scalar("lr", line["lr"], step)
+            self.tb.add_scalar("steps_per_s", rate, step)
+
+    def _save_samples(self, step: int) -> None:
+        if not self.dist.is_main or not hasattr(self, "_last"):
+            return
+        from .visualize import sample_grid, save_png
+
+        batch, pred, kp = self._last
+        grid = sample_grid(batch["source"], batch["driving"], pred.float(), kp.float())
+        save_png(grid, self.run_dir / "samples" / f"step_{step:08d}.png")
+
+    def save(self, step: int, path: Path | None = None) -> None:
+        if self.dist.is_main:
+            path = path or self.ckpt_dir / "last.safetensors"
+            epoch = step // self.steps_per_epoch
+            save_train_state(path, self.model, self.optimizers, self.scheduler, self.scaler, step, epoch,
+                             public(self.cfg), self.model_config.to_json(),
+                             extra={"expression_weights_crc": self._phi_crc(), "world_size": self.dist.world,
+                                    "config_hash": config_hash(public(self.cfg))})
+        self.barrier()
+
+    def check_sync(self, step: int) -> bool:
+        """Compare a CRC of every parameter across ranks (exact); logs and returns whether all agree.
+
+        Buffers are reported but not required to agree: BatchNorm running statistics are per process
+        under DDP without SyncBatchNorm (each rank sees its own batches; rank 0's are saved), as in DDP.
+        """
+        from .checkpointing import _crc
+
+        names = [n for n, _ in self.model.named_parameters()]
+        buffers = [n for n, _ in self.model.named_buffers()]
+        state = self.model.state_dict()
+        crcs = torch.tensor([_crc(state[n]) for n in names + buffers], dtype=torch.int64)
+        gathered = [torch.zeros_like(crcs) for _ in range(self.dist.world)]
+        if self.device.type == "cuda":
+            out = [g.to(self.device) for g in gathered]
+            dist.all_gather(out, crcs.to(self.device))
+            gathered = [g.cpu() for g in out]
+        else:
+            dist.all_gather(gathered, crcs)
+        n = len(names)
+        same = all(torch.equal(gathered[0][:n], g[:n]) for g in gathered[1:])
+        differing = sorted({buffers[i] for g in gathered[1:] for i in range(len(buffers))
+                            if g[n + i] != gathered[0][n + i]})
+        if self.dist.is_main:
+            self.log(f"step {step}: parameters identical on all {self.dist.world} ranks: {same}"
+                     + (f" ({len(differing)} per-process buffers, e.g. {differing[0]})" if differing else ""))
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "ranks_in_sync": same, "world_size": self.dist.world,
+                                    "buffers_differing": len(differing),
+                                    "buffers_differing_kinds": sorted({b.rsplit(".", 1)[1] for b in differing})}) + "\n")
+        return same
+
+    def provenance(self, step: int) -> dict:
+        return {
+            "trainer": "anytalk-train", "config": self.cfg.get("_config_path", ""), "name": self.cfg["name"],
+            "step": step, "epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.global_batch, "seed": self.cfg["seed"], "domains": self.dataset.domains,
+            "data": [{k: s[k] for k in ("name", "kind", "domains", "items", "weight")} for s in self.dataset.describe()],
+            "losses": self.losses.info, "init_from": self.init_info,
+            "loss_weights": {"perceptual": self.cfg["perceptual"]["weights"], "gan": self.cfg["gan"]["generator"],
+                             "feature_matching": self.cfg["gan"]["feature_matching"],
+                             "equivariance": self.cfg["equivariance"]["weight"],
+                             "keypoint_prior": self.cfg["keypoint_prior"]["weight"],
+                             "head_pose": self.cfg["head_pose"]["weight"],
+                             "deformation_prior": self.cfg["deformation_prior"]["weight"],
+                             "expression": self.cfg["expression"]["weight"]},
+        }
+
+    def export(self, path: str | os.PathLike | None = None, step: int | None = None) -> str | None:
+        """Write the inference checkpoint (our format; Load Model and ``anytalk`` read it) and check it loads."""
+        if not self.dist.is_main:
+            self.barrier()
+            return None
+        from anytalk_core.checkpoints import load_model
+        step = self.end_step if step is None else step
+        target = free_path(path or self.run_dir / "model.safetensors")
+        model = self.model
+        if self.sync_bn:  # plain BatchNorm modules for export (identical state-dict keys)
+            model = build_model(self.model_config, with_discriminator=True)
+            model.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
+        save_checkpoint(model, target, provenance=self.provenance(step),
+                        include_discriminator=bool(self.cfg["train"]["export_include_discriminator"]))
+        load_model(target)  # the file must load with the library's own loader
+        self.log(f"exported inference checkpoint {target}")
+        self.barrier()
+        return target
+
+    # ----- signals -----------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self._interrupted:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.log("interrupt received: finishing this step and saving a checkpoint (again to stop at once)")
+
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, handler)
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        if old:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if getattr(self, "tb", None) is not None:
+            self.tb.close()
+
+
+def free_path(path: str | os.PathLike) -> str:
+    """``path`` when it is free, else the next numbered name beside it (nothing is ever overwritten)."""
+    from anytalk_core.io_utils import unique_path
+
+    path = os.fspath(path)
+    return path if not os.path.exists(path) else os.fspath(unique_path(path))
+
+
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    torch.set_num_threads(1)
+
+
+def export_from_checkpoint(config: dict, checkpoint: str | None, out: str | None) -> str:
+    """Export the inference checkpoint of a run's training state without training."""
+    trainer = Trainer(config, resume=checkpoint or True)
+    try:
+        return trainer.export(out, step=trainer.start_step)
+    finally:
+        trainer.close()
+
+
+def run(config: dict, resume: bool | str = False) -> dict:
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
