@@ -53,7 +53,7 @@ def _animate(args: argparse.Namespace) -> int:
                                  translation_strength=args.translation_strength, adapt_scale=args.adapt_scale),
         smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, paste_back=args.paste_back,
         engine=EngineConfig(device=args.device, precision=args.precision, chunk_size=args.chunk),
-        overwrite=args.overwrite, release_source_networks=True,
+        overwrite=args.overwrite, release_networks=True,
     )
     resolve_device(args.device)
     check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,))

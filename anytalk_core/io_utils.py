@@ -49,10 +49,18 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = new_temp_path(final)
     try:
         yield tmp
+        _apply_umask(tmp)
         commit(tmp, final, overwrite)
     except BaseException:
         discard(tmp)
         raise
+
+
+def _apply_umask(path: Path) -> None:
+    """Give a finished file the user's usual permissions (some writers create theirs with mode 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def new_temp_path(final: Path) -> Path:

@@ -34,7 +34,7 @@ class AnimateOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     overwrite: bool = False
     keep_audio: bool = True
-    release_source_networks: bool = False  # free source-only weights once the source is prepared (CLI)
+    release_networks: bool = False  # free weights once a stage no longer needs them (one-shot CLI runs)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
@@ -98,8 +98,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
     original = load_image(source).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
     spec = crop_spec_for(original, options.crop, size)
     source_state = engine.prepare_source(apply_crop(original, spec))
-    if options.release_source_networks:
-        model.release_source_networks()
+    if options.release_networks:
+        model.release_networks(model.source_only_modules)
 
     fps = info.fps
     chunk = options.engine.chunk_size
@@ -121,6 +121,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
         motion = smooth_motion(motion, fps, options.smoothing)
     keypoints = engine.driven_keypoints(source_state, motion, options.transfer)
     n = keypoints.shape[0]
+    if options.release_networks:
+        model.release_networks(model.networks_not_needed_for_rendering())
 
     audio = None
     if options.keep_audio and info.has_audio:

@@ -12,6 +12,18 @@ from ..motion import Motion, interpolate
 from .config import ModelConfig
 
 
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise); a no-op where unsupported."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 @dataclass
 class SourceState:
     """Everything computed once per source portrait (batch of 1 or more sources)."""
@@ -113,14 +125,22 @@ class TalkingHeadModel(nn.Module, abc.ABC):
         motion = self.estimate_motion(image)
         return SourceState(self.encode_appearance(image), canonical, motion, self.motion_keypoints(canonical, motion))
 
-    def release_source_networks(self) -> None:
-        """Free the weights of networks only the source needs (one-shot runs after ``prepare_source``).
+    render_modules: tuple[str, ...] = ("dense_motion", "generator")  # all that rendering driven keypoints needs
 
-        They move to the meta device: the model can still render from a prepared source, but preparing
-        another source raises. The CLI uses this to keep its peak memory low.
+    def release_networks(self, names: tuple[str, ...] | list[str]) -> None:
+        """Free the weights of the named child networks (one-shot runs that no longer need them).
+
+        They move to the meta device: the model can still do what needs only the other networks, but a
+        call into a released one raises. The CLI frees the source-only networks after preparing the source,
+        and everything but :attr:`render_modules` once the driven keypoints are known, to keep its peak
+        memory low.
         """
-        for name in self.source_only_modules:
+        for name in names:
             getattr(self, name).to("meta")
+        return_freed_memory()
+
+    def networks_not_needed_for_rendering(self) -> list[str]:
+        return [name for name, _ in self.named_children() if name not in self.render_modules]
 
     def movement_scale(self, source_kp: torch.Tensor, reference_kp: torch.Tensor) -> float:
         """sqrt(hull volume of the source keypoints) / sqrt(that of the reference driving keypoints)."""
