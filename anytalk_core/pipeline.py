@@ -70,9 +70,12 @@ def crop_spec_for(image: torch.Tensor, mode: str, size: int) -> CropSpec:
 
 def check_paths(source: str, driving: str, out: str, overwrite: bool, extra_inputs: tuple[str, ...] = ()) -> Path:
     """Fail before any work: missing inputs, an unsupported output format, an output that is an input."""
-    for path, kind in ((source, "source image"), (driving, "driving video"), *((p, "input") for p in extra_inputs)):
+    for path, kind in ((source, "source image"), (driving, "driving video")):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: {kind} not found")
+    for path in extra_inputs:  # e.g. a checkpoint, which may be a LivePortrait folder
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: not found")
     out_path = Path(out)
     if out_path.suffix.lower() not in VIDEO_FORMATS:
         raise ValueError(f"{out}: the output must end in one of {', '.join(sorted(VIDEO_FORMATS))}")

@@ -5,12 +5,13 @@ ComfyUI services (folder_paths, ProgressBar, model management, VIDEO) are looked
 with fallbacks, so the pack imports and runs without ComfyUI (tests, scripts).
 
 Graph (split): Load Model, Load Source -> Detect Canonical Keypoints -> Transfer Motion (<- Estimate Motion
-<- Load Video; Motion Edit / Mix / Smooth; Save / Load Motion) -> 3D Warp -> Generate -> Paste Back ->
+<- Load Video; Motion Edit / Mix / Smooth / Expression Edit; Save / Load Motion) -> 3D Warp -> Generate -> Paste Back ->
 Assemble Video. All in one: Animate. An Audio to Motion node (audio issue) will output ANYTALK_MOTION into
 Motion Mix / Transfer Motion / Animate's ``driving_motion``.
 """
 from . import _comfy
 from .animate import AnyTalkAnimate
+from .expression import AnyTalkExpressionEdit
 from .media import AnyTalkAssembleVideo, AnyTalkLoadAudio, AnyTalkLoadVideo
 from .model import AnyTalkLoadModel
 from .motion import (
@@ -32,6 +33,7 @@ _NODES = [
     (AnyTalkMotionEdit, "AnyTalk Motion Edit"),
     (AnyTalkMotionMix, "AnyTalk Motion Mix"),
     (AnyTalkMotionSmooth, "AnyTalk Motion Smooth"),
+    (AnyTalkExpressionEdit, "AnyTalk Expression Edit"),
     (AnyTalkTransferMotion, "AnyTalk Transfer Motion"),
     (AnyTalkWarp3D, "AnyTalk 3D Warp"),
     (AnyTalkGenerate, "AnyTalk Generate"),

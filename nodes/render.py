@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..anytalk_core.crop import paste_back
+from ..anytalk_core.expression_edit import NEUTRAL_EYE_RATIO, NEUTRAL_LIP_RATIO, retarget, retargeted_keypoints
 from ..anytalk_core.models.base import TransferOptions
 from . import _comfy
 from ._objects import (
@@ -23,7 +24,8 @@ from ._objects import (
 TRANSFER_MODES = ["relative", "absolute"]
 
 
-def transfer_options(model, mode: str, pose: float, expression: float, translation: float, adapt_scale: bool):
+def transfer_options(model, mode: str, pose: float, expression: float, translation: float, adapt_scale: bool,
+                     stitching: bool = True):
     """TransferOptions for the model's family (LivePortrait's subclass adds its pipeline switches)."""
     if mode not in TRANSFER_MODES:
         raise AnyTalkError(f"unknown transfer mode {mode!r}; choose relative or absolute")
@@ -35,8 +37,16 @@ def transfer_options(model, mode: str, pose: float, expression: float, translati
         except ImportError:
             pass
         else:
-            return LivePortraitOptions(**kwargs)
+            return LivePortraitOptions(**kwargs, stitching=bool(stitching))
     return TransferOptions(**kwargs)
+
+
+def is_liveportrait(model) -> bool:
+    return str(model.family).startswith("liveportrait")
+
+
+def ratio(default: float, tooltip: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 0.8, "step": 0.01, "tooltip": tooltip})
 
 
 def strength(tooltip: str) -> tuple:
@@ -73,12 +83,32 @@ class AnyTalkTransferMotion:
                 "reference_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 1,
                                             "tooltip": "relative: the driving frame that counts as 'no movement' "
                                                        "(ideally a neutral face like the source's)."}),
-            }
+            },
+            "optional": {
+                "stitching": ("BOOLEAN", {"default": True,
+                                          "tooltip": "LivePortrait: keep the animated face stitched to the source's "
+                                                     "shoulders (best for Paste Back). Ignored by face-vid2vid and by "
+                                                     "LivePortrait weights without the stitching module."}),
+                "retarget_eyes": ("BOOLEAN", {"default": False,
+                                              "tooltip": "LivePortrait: open or close the eyes to eye_ratio with the "
+                                                         "eye retargeting network. Ignored by face-vid2vid."}),
+                "eye_ratio": ratio(NEUTRAL_EYE_RATIO,
+                                   "LivePortrait, retarget_eyes: target eye-open ratio (eyelid gap / eye width); "
+                                   f"0 = closed, {NEUTRAL_EYE_RATIO} = neutral open eye, higher = wide open. The "
+                                   "source's own ratios are taken as neutral (no landmark detector installed)."),
+                "retarget_lips": ("BOOLEAN", {"default": False,
+                                              "tooltip": "LivePortrait: open or close the mouth to lip_ratio with the "
+                                                         "lip retargeting network. Ignored by face-vid2vid."}),
+                "lip_ratio": ratio(NEUTRAL_LIP_RATIO,
+                                   "LivePortrait, retarget_lips: target lip-open ratio (mouth gap / mouth width); "
+                                   "0 = closed, higher = more open."),
+            },
         }
 
     @artist_errors("AnyTalk Transfer Motion")
     def transfer(self, keypoints, motion, mode="relative", pose_strength=1.0, expression_strength=1.0,
-                 translation_strength=1.0, adapt_scale=False, reference_frame=0):
+                 translation_strength=1.0, adapt_scale=False, reference_frame=0, stitching=True, retarget_eyes=False,
+                 eye_ratio=NEUTRAL_EYE_RATIO, retarget_lips=False, lip_ratio=NEUTRAL_LIP_RATIO):
         if not isinstance(keypoints, Keypoints):
             raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
         if keypoints.driven is not None:
@@ -96,11 +126,21 @@ class AnyTalkTransferMotion:
             raise AnyTalkError(f"reference_frame {reference_frame} is past the end of the motion "
                                f"({len(motion)} frames, 0 to {len(motion) - 1})")
         model = keypoints.model
-        options = transfer_options(model, mode, pose_strength, expression_strength, translation_strength, adapt_scale)
+        options = transfer_options(model, mode, pose_strength, expression_strength, translation_strength, adapt_scale,
+                                   stitching=stitching)
         engine = model.engine()
         state = keypoints.state.to(engine.device)
         reference = motion[int(reference_frame)] if mode == "relative" else None
-        driven = engine.driven_keypoints(state, motion, options, reference=reference)
+        if is_liveportrait(model) and (retarget_eyes or retarget_lips):
+            # eye/lip deltas join the driven keypoints before stitching (LivePortrait's retargeting networks)
+            with torch.no_grad():
+                delta = retarget(engine.model, state.keypoints, eye_ratios=float(eye_ratio),
+                                 lip_ratios=float(lip_ratio), eyes=bool(retarget_eyes), lips=bool(retarget_lips))
+                ref = reference.to(engine.device) if reference is not None else None
+                driven = retargeted_keypoints(engine.model, state, motion.to(engine.device), options, reference=ref,
+                                              retarget_delta=delta).to("cpu")
+        else:
+            driven = engine.driven_keypoints(state, motion, options, reference=reference)
         out = Keypoints(model=model, source_fingerprint=keypoints.source_fingerprint, state=keypoints.state,
                         driven=driven.to("cpu", torch.float32), fps=motion.fps)
         return (out,)

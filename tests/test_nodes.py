@@ -100,7 +100,7 @@ def test_pack_loads_like_comfyui_without_comfyui_or_a_top_level_nodes_module():
     assert "nodes" not in sys.modules and not any(k.startswith("nodes.") for k in sys.modules)
     assert not any(k == "comfy" or k.startswith("comfy.") or k == "folder_paths" for k in sys.modules)
     assert f"{pack.__name__}.nodes" in sys.modules and f"{pack.__name__}.anytalk_core" in sys.modules
-    expected = {"AnyTalkLoadModel", "AnyTalkLoadSource", "AnyTalkDetectKeypoints", "AnyTalkEstimateMotion",
+    expected = {"AnyTalkExpressionEdit", "AnyTalkLoadModel", "AnyTalkLoadSource", "AnyTalkDetectKeypoints", "AnyTalkEstimateMotion",
                 "AnyTalkMotionEdit", "AnyTalkMotionMix", "AnyTalkMotionSmooth", "AnyTalkTransferMotion",
                 "AnyTalkWarp3D", "AnyTalkGenerate", "AnyTalkPasteBack", "AnyTalkLoadVideo", "AnyTalkLoadAudio",
                 "AnyTalkSaveMotion", "AnyTalkLoadMotion", "AnyTalkAssembleVideo", "AnyTalkAnimate"}
