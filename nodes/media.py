@@ -1,8 +1,6 @@
 """Load Video, Load Audio (PyAV; no torchaudio, no other node pack) and Assemble Video (output folder + preview)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +16,7 @@ from ..anytalk_core.media import (
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
+from ._files import file_signature, resolve_input_file
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
@@ -27,26 +26,6 @@ SILENCE_RATE = 16000
 
 def _choices(suffixes: tuple[str, ...], what: str) -> list[str]:
     return _comfy.list_files(_comfy.input_dir(), suffixes, recursive=True) or [f"(no {what} in the input folder)"]
-
-
-def _resolve(name: str, path: str, kind: str) -> Path:
-    if path and path.strip():
-        p = Path(os.path.expanduser(path.strip()))
-    else:
-        if not name or name.startswith("(no "):
-            raise AnyTalkError(f"no {kind} chosen: upload one, put it in ComfyUI's input folder, or type its path")
-        try:
-            p = _comfy.annotated_path(name)
-        except ValueError as exc:
-            raise AnyTalkError(str(exc)) from None
-    if not p.is_file():
-        raise AnyTalkError(f"{kind} file not found: {p}")
-    return p
-
-
-def _signature(p: Path) -> str:
-    st = p.stat()
-    return f"{p}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def comfy_audio(waveform: torch.Tensor, sample_rate: int) -> dict:
@@ -99,7 +78,7 @@ class AnyTalkLoadVideo:
     @classmethod
     def VALIDATE_INPUTS(cls, path, video):
         try:
-            _resolve(video, path, "video")
+            resolve_input_file(video, path, "video")
         except AnyTalkError as exc:
             return str(exc)
         return True
@@ -107,13 +86,13 @@ class AnyTalkLoadVideo:
     @classmethod
     def IS_CHANGED(cls, path, video, **_):
         try:
-            return _signature(_resolve(video, path, "video"))
+            return file_signature(resolve_input_file(video, path, "video"))
         except (AnyTalkError, OSError):
             return ""
 
     @artist_errors("AnyTalk Load Video")
     def load(self, frame_rate, max_frames, skip_first_frames, max_size, path, video):
-        p = _resolve(video, path, "video")
+        p = resolve_input_file(video, path, "video")
         info = probe_video(p)
         fps = float(frame_rate) if frame_rate else float(info.fps)
         chunks, kept, seen = [], 0, 0
@@ -191,7 +170,7 @@ class AnyTalkLoadAudio:
     @classmethod
     def VALIDATE_INPUTS(cls, path, audio):
         try:
-            _resolve(audio, path, "audio")
+            resolve_input_file(audio, path, "audio")
         except AnyTalkError as exc:
             return str(exc)
         return True
@@ -199,13 +178,13 @@ class AnyTalkLoadAudio:
     @classmethod
     def IS_CHANGED(cls, path, audio, **_):
         try:
-            return _signature(_resolve(audio, path, "audio"))
+            return file_signature(resolve_input_file(audio, path, "audio"))
         except (AnyTalkError, OSError):
             return ""
 
     @artist_errors("AnyTalk Load Audio")
     def load(self, start_time, duration, sample_rate, mono, path, audio):
-        p = _resolve(audio, path, "audio")
+        p = resolve_input_file(audio, path, "audio")
         waveform, rate = read_audio(p, sample_rate=int(sample_rate) or None, mono=bool(mono))
         start = int(round(start_time * rate))
         if start >= waveform.shape[1]:

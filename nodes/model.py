@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..anytalk_core.checkpoints import CheckpointError, load_model
 from . import _comfy
+from ._files import file_signature
 from ._objects import CATEGORY, AnyTalkError, AnyTalkModel
 
 #: Family choices shown to the artist -> anytalk_core.checkpoints.load_model's family argument.
@@ -76,14 +77,6 @@ def resolve_checkpoint(name: str) -> Path:
         "(refresh) in ComfyUI")
 
 
-def _file_signature(path: Path) -> str:
-    if path.is_dir():
-        stats = [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.rglob("*")) if p.is_file()]
-        return repr(stats)
-    st = path.stat()
-    return f"{st.st_mtime_ns}:{st.st_size}"
-
-
 class AnyTalkLoadModel:
     DESCRIPTION = ("Loads an AnyTalk / face-vid2vid checkpoint (models/anytalk) or a LivePortrait human or animal "
                    "weights folder (models/liveportrait). The model is loaded once and reused by every AnyTalk node.")
@@ -133,7 +126,7 @@ class AnyTalkLoadModel:
     @classmethod
     def IS_CHANGED(cls, checkpoint, **_):
         try:
-            return _file_signature(resolve_checkpoint(checkpoint))
+            return file_signature(resolve_checkpoint(checkpoint))
         except (AnyTalkError, OSError):
             return ""
 

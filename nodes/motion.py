@@ -1,8 +1,6 @@
 """Motion nodes: Estimate Motion (driving frames -> ANYTALK_MOTION), Edit, Mix, Smooth, Save and Load."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 
@@ -11,6 +9,7 @@ from ..anytalk_core.engine import smooth_motion
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
 from . import _comfy
+from ._files import file_signature, resolve_input_file
 from ._objects import (
     CATEGORY,
     AnyTalkError,
@@ -285,28 +284,6 @@ def motion_file_choices() -> list[str]:
     return names or [NO_MOTION_FILE]
 
 
-def _resolve_file(name: str, path: str, kind: str) -> Path:
-    if path and path.strip():
-        p = Path(os.path.expanduser(path.strip()))
-        if not p.is_file():
-            raise AnyTalkError(f"{kind} file not found: {p}")
-        return p
-    if not name or name.startswith("(no "):
-        raise AnyTalkError(f"no {kind} file chosen: put one in ComfyUI's input folder (or upload it) or type a path")
-    try:
-        p = _comfy.annotated_path(name)
-    except ValueError as exc:
-        raise AnyTalkError(str(exc)) from None
-    if not p.is_file():
-        raise AnyTalkError(f"{kind} file not found: {p}")
-    return p
-
-
-def _signature(p: Path) -> str:
-    st = p.stat()
-    return f"{p}:{st.st_mtime_ns}:{st.st_size}"
-
-
 class AnyTalkLoadMotion:
     DESCRIPTION = "Loads a motion saved by AnyTalk Save Motion (from the input folder, output/anytalk_motion, or a path)."
     CATEGORY = CATEGORY
@@ -329,7 +306,7 @@ class AnyTalkLoadMotion:
     @classmethod
     def VALIDATE_INPUTS(cls, path, motion_file):
         try:
-            _resolve_file(motion_file, path, "motion")
+            resolve_input_file(motion_file, path, "motion")
         except AnyTalkError as exc:
             return str(exc)
         return True
@@ -337,12 +314,12 @@ class AnyTalkLoadMotion:
     @classmethod
     def IS_CHANGED(cls, path, motion_file):
         try:
-            return _signature(_resolve_file(motion_file, path, "motion"))
+            return file_signature(resolve_input_file(motion_file, path, "motion"))
         except (AnyTalkError, OSError):
             return ""
 
     @artist_errors("AnyTalk Load Motion")
     def load(self, path, motion_file):
-        p = _resolve_file(motion_file, path, "motion")
+        p = resolve_input_file(motion_file, path, "motion")
         motion = Motion.load(p)
         return (motion, motion_fps(motion), len(motion))

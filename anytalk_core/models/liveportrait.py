@@ -231,7 +231,7 @@ class LivePortraitModel(TalkingHeadModel):
     """Submodules named by our checkpoint prefixes: appearance, motion, dense_motion, generator
     (third, fourth, decoder), stitching, retarget_eye, retarget_lip.
 
-    The three MLPs are optional; without weights they are :class:`Unavailable` placeholders that
+    The three MLPs are optional; without weights they are :class:`Unavailable` stand-ins that
     explain how to get them when called. ``retarget_eye(x_s, eye_ratios)`` and
     ``retarget_lip(x_s, lip_ratios)`` return keypoint deltas (B, K, 3).
     """

@@ -682,7 +682,7 @@ def _human_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     is_face = ((ids == icr) | (ids == ijaw) | (ids == inose)).float()
     front = (-z * 6).clamp(0, 1) * is_face
     pix = pix_u
-    smile, jaw = _b(E[:, 1]), _b(E[:, 0])
+    smile = _b(E[:, 1])
     # blush
     bl = torch.exp(-(((ax - 0.42) ** 2) + (y - (0.33 - 0.04 * smile)) ** 2) / (2 * 0.1 ** 2))
     alb = _lerp(alb, torch.tensor([0.85, 0.35, 0.35]).reshape(1, 3, 1, 1).expand_as(alb), bl * _b(P["blush"]) * front)
