@@ -40,7 +40,13 @@ def register_family(spec: FamilySpec) -> None:
     FAMILIES[spec.name] = spec
 
 
+def _ensure_builtin_families() -> None:
+    """Families that register themselves with the loader (LivePortrait) are imported on first use."""
+    from .. import checkpoints  # noqa: F401  (imports every built-in family and reader)
+
+
 def get_family(name: str) -> FamilySpec:
+    _ensure_builtin_families()
     try:
         return FAMILIES[name]
     except KeyError:
