@@ -85,11 +85,56 @@ class _progress_bar:
         self.bar.close()
 
 
+_MAIN_DESCRIPTION = """\
+AnyTalk talking-head tools: animate a portrait with the head motion and expressions
+of a driving video, and convert face-vid2vid / LivePortrait checkpoints.
+
+Run 'anytalk COMMAND --help' for the options of a command."""
+
+_MAIN_EPILOG = """\
+examples:
+  anytalk convert 00000189-checkpoint.pth.tar models/anytalk/vox.safetensors
+  anytalk animate --source portrait.png --driving driving.mp4 \\
+      --checkpoint models/anytalk/vox.safetensors --out result.mp4
+  anytalk --version"""
+
+_CONVERT_DESCRIPTION = """\
+Convert a face-vid2vid checkpoint (.pth.tar / .pth), a LivePortrait weights folder
+or a .safetensors checkpoint into one AnyTalk .safetensors file. The model family
+is read from the weights unless --family names it; DST is written atomically and
+is never overwritten unless --overwrite is given."""
+
+_CONVERT_EPILOG = """\
+examples:
+  anytalk convert 00000189-checkpoint.pth.tar vox.safetensors
+  anytalk convert pretrained_weights/liveportrait lp_human.safetensors
+  anytalk convert pretrained_weights/liveportrait_animals lp_animal.safetensors \\
+      --family liveportrait-animal --overwrite"""
+
+_ANIMATE_DESCRIPTION = """\
+Animate a portrait image with the motion of a driving video and write a video file.
+By default the motion is relative to the first driving frame (the portrait keeps its
+own pose and follows the driver's changes); --absolute copies the driver's pose and
+expression. OUT is never overwritten unless --overwrite is given."""
+
+_ANIMATE_EPILOG = """\
+examples:
+  anytalk animate --source portrait.png --driving driving.mp4 \\
+      --checkpoint vox.safetensors --out result.mp4
+  anytalk animate --source photo.jpg --driving talk.webm --checkpoint pretrained_weights/liveportrait \\
+      --crop auto --driving-crop auto --paste-back --smooth 0.3 --out talk.mp4
+  anytalk animate --source cat.png --driving driving.mp4 --checkpoint lp_animal.safetensors \\
+      --family liveportrait-animal --device cuda --precision fp16 --chunk 16 --out cat.gif"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anytalk", description="AnyTalk talking-head tools")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="anytalk", description=_MAIN_DESCRIPTION, epilog=_MAIN_EPILOG,
+                                     formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"anytalk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("convert", help="convert a face-vid2vid / LivePortrait checkpoint to AnyTalk .safetensors")
+    p = sub.add_parser("convert", help="convert a face-vid2vid / LivePortrait checkpoint to AnyTalk .safetensors",
+                       description=_CONVERT_DESCRIPTION, epilog=_CONVERT_EPILOG, formatter_class=raw)
     p.add_argument("src", help="checkpoint file (.pth.tar, .pth, .safetensors) or LivePortrait folder")
     p.add_argument("dst", help="output .safetensors path (never overwritten unless --overwrite)")
     p.add_argument("--family", default="auto",
@@ -97,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_convert)
 
-    a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video")
+    a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video",
+                       description=_ANIMATE_DESCRIPTION, epilog=_ANIMATE_EPILOG, formatter_class=raw)
     a.add_argument("--source", required=True, help="portrait image (any Pillow format)")
     a.add_argument("--driving", required=True, help="driving video (mp4, webm, gif, ...)")
     a.add_argument("--checkpoint", required=True, help="AnyTalk .safetensors, face-vid2vid .pth.tar or LivePortrait folder")
