@@ -21,7 +21,7 @@ import torch
 from .io_utils import atomic_output
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
-from .models.registry import FAMILIES, ShapeError, StateDict, build_model, get_family
+from .models.registry import ShapeError, StateDict, build_model, get_family
 
 FORMAT_NAME = "anytalk"
 PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
@@ -392,8 +392,5 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, family: str = "auto"
     provenance = {"converted_from": os.path.basename(src), "source_family": weights.family, **weights.provenance}
     return save_checkpoint(model, dst, provenance=provenance, overwrite=overwrite)
 
-
-def known_families() -> list[str]:
-    return sorted(FAMILIES)
 
 from .models import liveportrait as _liveportrait  # noqa: E402,F401  (registers the LivePortrait family and reader)

@@ -79,9 +79,6 @@ class Motion:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Motion":
         return self.map(lambda t: t.to(device=device, dtype=dtype))
 
-    def frame(self, i: int) -> "Motion":
-        return self[i]
-
     def repeat_to(self, n: int) -> "Motion":
         """Tile a one-frame motion to n frames (e.g. a still source pose for a whole clip)."""
         if len(self) != 1:

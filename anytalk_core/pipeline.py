@@ -7,6 +7,7 @@ checked before any work starts, and the output is written to a temporary file an
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -114,7 +115,7 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
     driving_spec = crop_spec_for(first_float, options.driving_crop, size)
 
     def cropped_chunks():
-        for piece in _prepend(first, frames):
+        for piece in itertools.chain([first], frames):
             yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)
 
     total = max(info.frame_count, 1)
@@ -137,8 +138,3 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
                 generated = paste_back(original, generated, spec)
             writer.write(generated.permute(0, 2, 3, 1))
     return out_path
-
-
-def _prepend(first: torch.Tensor, rest):
-    yield first
-    yield from rest

@@ -18,7 +18,7 @@ file list, and rendered as a fixed description instead of its current choices, w
 1. its input name is in ``FILE_COMBOS`` (the description given there is used), or
 2. its options carry an upload flag (``image_upload``, ``video_upload``, ``audio_upload``, ...), or
 3. any of its choices looks like a file name: contains ``/`` or ``\\``, ends in a file extension
-   (``.safetensors``, ``.mp4``, ...), or is a "nothing found" placeholder such as ``(no video ...)``.
+   (``.safetensors``, ``.mp4``, ...), or is a "nothing found" entry such as ``(no video ...)``.
 
 Cases 2 and 3 without an entry in ``FILE_COMBOS`` get the generic description ``GENERIC_FILE_COMBO``;
 add the input name to ``FILE_COMBOS`` to say where its files come from. The default of a file combo is not
