@@ -1,4 +1,4 @@
-"""The ``anytalk`` command line: ``anytalk convert`` (and more subcommands as they land).
+"""The ``anytalk`` command line: ``anytalk convert``, ``anytalk animate`` and ``anytalk demo``.
 
 Every failure prints one line ``anytalk: error: ...`` and exits with a non-zero status; nothing is written.
 """
@@ -53,17 +53,33 @@ def _animate(args: argparse.Namespace) -> int:
                                  translation_strength=args.translation_strength, adapt_scale=args.adapt_scale),
         smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, paste_back=args.paste_back,
         engine=EngineConfig(device=args.device, precision=args.precision, chunk_size=args.chunk),
-        overwrite=args.overwrite, release_networks=True,
+        overwrite=args.overwrite, release_networks=True, fps=args.fps,
     )
     resolve_device(args.device)
-    check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,))
+    check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,), audio=args.audio)
     model = load_model(args.checkpoint, family=args.family.replace("-", "_"))
     bar = _progress_bar(args.quiet)
     try:
-        out = animate_file(model, args.source, args.driving, args.out, options, progress=bar.update_to)
+        out = animate_file(model, args.source, args.driving, args.out, options, progress=bar.update_to, audio=args.audio)
     finally:
         bar.close()
     print(f"wrote {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .engine import resolve_device
+
+    resolve_device(args.device)
+    bar = _progress_bar(args.quiet)
+    try:
+        result = run_demo(args.out_dir, checkpoint=args.checkpoint, source=args.source, driving=args.driving,
+                          device=args.device, precision=args.precision, progress=bar.update_to)
+    finally:
+        bar.close()
+    print(f"wrote {result.video} ({result.frames} frames at {result.fps:g} fps: driving | source | result)")
+    print(f"wrote {result.contact_sheet} (top: driving frames, bottom: the animated source)")
     return 0
 
 
@@ -96,7 +112,21 @@ examples:
   anytalk convert 00000189-checkpoint.pth.tar models/anytalk/vox.safetensors
   anytalk animate --source portrait.png --driving driving.mp4 \\
       --checkpoint models/anytalk/vox.safetensors --out result.mp4
+  anytalk demo
   anytalk --version"""
+
+_DEMO_DESCRIPTION = """\
+Animate the bundled cartoon-animal portrait with the bundled synthetic human clip using
+the bundled demo model (64 px, trained on CPU on synthetic heads by
+'anytalk-train training/configs/demo.toml'). Writes anytalk_demo_NNNNN.mp4 (driving |
+source | result, with the clip's audio) and a contact sheet PNG into OUT_DIR; nothing
+is overwritten. --checkpoint/--source/--driving replace the bundled files."""
+
+_DEMO_EPILOG = """\
+examples:
+  anytalk demo
+  anytalk demo --out-dir results/
+  anytalk demo --source my_cat.png --driving me_talking.mp4 --out-dir results/"""
 
 _CONVERT_DESCRIPTION = """\
 Convert a face-vid2vid checkpoint (.pth.tar / .pth), a LivePortrait weights folder
@@ -115,7 +145,9 @@ _ANIMATE_DESCRIPTION = """\
 Animate a portrait image with the motion of a driving video and write a video file.
 By default the motion is relative to the first driving frame (the portrait keeps its
 own pose and follows the driver's changes); --absolute copies the driver's pose and
-expression. OUT is never overwritten unless --overwrite is given."""
+expression. --audio drives the mouth from speech with the checkpoint's audio-to-motion
+part (with --driving too: head pose from the video, expression from the audio) and puts
+the sound in OUT. OUT is never overwritten unless --overwrite is given."""
 
 _ANIMATE_EPILOG = """\
 examples:
@@ -124,7 +156,8 @@ examples:
   anytalk animate --source photo.jpg --driving talk.webm --checkpoint pretrained_weights/liveportrait \\
       --crop auto --driving-crop auto --paste-back --smooth 0.3 --out talk.mp4
   anytalk animate --source cat.png --driving driving.mp4 --checkpoint lp_animal.safetensors \\
-      --family liveportrait-animal --device cuda --precision fp16 --chunk 16 --out cat.gif"""
+      --family liveportrait-animal --device cuda --precision fp16 --chunk 16 --out cat.gif
+  anytalk animate --source portrait.png --audio speech.wav --checkpoint demo.safetensors --out talk.mp4"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,10 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_convert)
 
-    a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video",
+    a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video and/or speech",
                        description=_ANIMATE_DESCRIPTION, epilog=_ANIMATE_EPILOG, formatter_class=raw)
     a.add_argument("--source", required=True, help="portrait image (any Pillow format)")
-    a.add_argument("--driving", required=True, help="driving video (mp4, webm, gif, ...)")
+    a.add_argument("--driving", default=None, help="driving video (mp4, webm, gif, ...)")
+    a.add_argument("--audio", default=None, help="speech (wav, mp3, flac, m4a, or a video's sound) that drives the "
+                                                 "mouth; needs a checkpoint with an audio-to-motion part")
+    a.add_argument("--fps", type=_finite, default=25.0, help="frame rate with --audio alone (default 25)")
     a.add_argument("--checkpoint", required=True, help="AnyTalk .safetensors, face-vid2vid .pth.tar or LivePortrait folder")
     a.add_argument("--out", required=True, help="output .mp4, .webm or .gif (never overwritten unless --overwrite)")
     a.add_argument("--family", default="auto", help="auto, face-vid2vid, liveportrait-human or liveportrait-animal")
@@ -166,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_animate)
+
+    d = sub.add_parser("demo", help="animate the bundled cartoon animal with the bundled driving clip",
+                       description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=raw)
+    d.add_argument("--out-dir", default=".", help="folder for the video and the contact sheet (default: here)")
+    d.add_argument("--checkpoint", default=None, help="model to use instead of assets/demo/anytalk_demo.safetensors")
+    d.add_argument("--source", default=None, help="portrait to use instead of the bundled cartoon animal")
+    d.add_argument("--driving", default=None, help="driving video to use instead of the bundled clip")
+    d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_demo)
     return parser
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "coordinate_grid_2d",
     "keypoint_gaussians",
     "heatmap_to_keypoints",
+    "grid_sample_3d",
     "warp_volume",
     "convex_hull_volume",
 ]
@@ -152,7 +153,23 @@ def warp_volume(volume: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor
         deformation = F.interpolate(
             deformation.permute(0, 4, 1, 2, 3), size=volume.shape[2:], mode="trilinear"
         ).permute(0, 2, 3, 4, 1)
-    return F.grid_sample(volume, deformation, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return grid_sample_3d(volume, deformation)
+
+
+def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Trilinear ``grid_sample`` (zero padding, align_corners=False) on any device.
+
+    volume (B, C, D, H, W), grid (B, D', H', W', 3) -> (B, C, D', H', W'). Devices without a 3D grid-sampler
+    kernel (Apple MPS) compute this one operation on the CPU and get the result back on their device.
+    """
+    try:
+        return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    except (NotImplementedError, RuntimeError) as exc:
+        if volume.device.type == "cpu" or "grid_sample" not in str(exc) and "grid_sampler" not in str(exc):
+            raise
+        out = F.grid_sample(volume.cpu().float(), grid.cpu().float(), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return out.to(device=volume.device, dtype=volume.dtype)
 
 
 def convex_hull_volume(points: torch.Tensor) -> float:

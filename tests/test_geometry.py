@@ -120,3 +120,42 @@ def test_device_and_dtype_follow_inputs():
 def test_convex_hull_volume_of_unit_cube():
     corners = torch.tensor([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=torch.float32)
     assert G.convex_hull_volume(corners) == pytest.approx(1.0)
+
+
+def test_grid_sample_3d_falls_back_to_the_cpu_where_a_device_lacks_the_3d_kernel(monkeypatch):
+    """Apple MPS has no 3D grid sampler: the operation runs on the CPU and the result is the same."""
+    import torch.nn.functional as F
+
+    from anytalk_core import geometry
+
+    g = torch.Generator().manual_seed(0)
+    volume = torch.randn(2, 3, 4, 5, 6, generator=g)
+    grid = torch.rand(2, 4, 5, 6, 3, generator=g) * 2 - 1
+    expected = geometry.grid_sample_3d(volume, grid)
+    real = F.grid_sample
+    calls = []
+
+    class FakeDevice:  # the volume pretends to live on a device without the kernel
+        type = "mps"
+
+    def no_kernel_on_first_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise NotImplementedError("The operator 'aten::grid_sampler_3d' is not currently implemented for the MPS device")
+        return real(*args, **kwargs)
+
+    class OnFakeDevice(torch.Tensor):
+        @property
+        def device(self):
+            return FakeDevice()
+
+        def to(self, *args, **kwargs):
+            return torch.Tensor.to(torch.Tensor(self), *args, **{k: v for k, v in kwargs.items() if k != "device"})
+
+    monkeypatch.setattr(F, "grid_sample", no_kernel_on_first_call)
+    out = geometry.grid_sample_3d(volume.as_subclass(OnFakeDevice), grid)
+    assert len(calls) >= 2  # the failing call, then the CPU one
+    torch.testing.assert_close(torch.Tensor(out), expected)
+    monkeypatch.setattr(F, "grid_sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other failure")))
+    with pytest.raises(RuntimeError, match="other failure"):
+        geometry.grid_sample_3d(volume, grid)

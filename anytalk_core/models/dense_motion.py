@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import coordinate_grid_3d, keypoint_gaussians
+from ..geometry import coordinate_grid_3d, grid_sample_3d, keypoint_gaussians
 from .blocks import Hourglass3d
 from .config import DenseMotionConfig
 
@@ -43,8 +43,7 @@ class DenseMotionNetwork(nn.Module):
         feature = F.relu(self.norm(self.compress(feature)))
         motions = sparse_motions((d, h, w), kp_driving, kp_source)
         repeated = feature.unsqueeze(1).expand(b, k1, *feature.shape[1:]).reshape(b * k1, -1, d, h, w)
-        deformed = F.grid_sample(repeated, motions.reshape(b * k1, d, h, w, 3), mode="bilinear",
-                                 padding_mode="zeros", align_corners=False).view(b, k1, -1, d, h, w)
+        deformed = grid_sample_3d(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, -1, d, h, w)
         heatmap = (keypoint_gaussians(kp_driving, (d, h, w), self.cfg.kp_variance)
                    - keypoint_gaussians(kp_source, (d, h, w), self.cfg.kp_variance))
         heatmap = torch.cat([torch.zeros_like(heatmap[:, :1]), heatmap], dim=1).unsqueeze(2)
