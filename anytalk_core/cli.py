@@ -216,13 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_hint(exc: BaseException) -> str:
+    """The error's message, plus the README section that fixes it where there is one."""
+    import torch
+
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    if (oom and isinstance(exc, oom)) or "out of memory" in message.lower():
+        return (f"out of memory ({message}); lower --chunk, use --precision bf16/fp16 on a GPU, or --device cpu "
+                "(README.md, Troubleshooting: out of memory on long clips)")
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as exc:
-        print(f"anytalk: error: {exc}", file=sys.stderr)
+        print(f"anytalk: error: {_with_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("anytalk: interrupted", file=sys.stderr)

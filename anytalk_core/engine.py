@@ -23,6 +23,10 @@ ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 CancelFn = Callable[[], bool]  # True to stop
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The generator produced NaN/inf pixels (typically fp16 overflow); the message says how to avoid it."""
+
+
 class EngineInterrupted(RuntimeError):
     """Raised between chunks when the cancel callback asks to stop."""
 
@@ -155,6 +159,24 @@ class Engine:
         return motion
 
     @torch.no_grad()
+    def audio_motion(self, audio: object, fps: float, n_frames: int | None = None, expression_strength: float = 1.0,
+                     pose_strength: float = 1.0, progress: ProgressFn | None = None,
+                     cancel: CancelFn | None = None) -> Motion:
+        """Motion at ``fps`` from speech with the model's audio-to-motion part (see :mod:`.audio_motion`)."""
+        from .audio_motion import audio_to_motion
+
+        return audio_to_motion(self.model, audio, fps, n_frames, expression_strength=expression_strength,
+                               pose_strength=pose_strength, chunk=max(16, 4 * self.config.chunk_size),
+                               progress=progress, cancel=lambda: self._check_cancel(cancel))
+
+    @torch.no_grad()
+    def rest_motion(self, fps: float | None = None) -> Motion:
+        """The audio-to-motion network's silent face (one frame), the reference for relative transfer."""
+        from .audio_motion import rest_motion
+
+        return rest_motion(self.model, fps)
+
+    @torch.no_grad()
     def driven_keypoints(self, source: SourceState, driving: Motion, options: TransferOptions | None = None,
                          reference: Motion | None = None) -> torch.Tensor:
         """Driven keypoints (N, K, 3) of the whole clip; small, so computed at once and returned on the CPU."""
@@ -187,7 +209,12 @@ class Engine:
             kp_source = source.keypoints.expand(n, *source.keypoints.shape[1:])
             with torch.no_grad(), self._autocast():
                 out = self._decode(volume, kp, kp_source)
-            frames.append(out["prediction"].float().clamp_(0, 1).to("cpu"))
+            prediction = out["prediction"].float()
+            if not bool(torch.isfinite(prediction).all()):
+                raise NonFiniteOutputError(
+                    f"the generator produced NaN/inf pixels (precision {self.config.precision} on {self.device}); "
+                    "run with precision bf16 or fp32 (README.md, Troubleshooting: black frames in fp16)")
+            frames.append(prediction.clamp_(0, 1).to("cpu"))
         return torch.cat(frames)
 
     @staticmethod

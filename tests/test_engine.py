@@ -113,3 +113,21 @@ def test_smoothing_strength_zero_is_identity_and_one_reduces_jitter(model, clip)
     assert smoothed.yaw.diff().abs().sum() < motion.yaw.diff().abs().sum()
     with pytest.raises(ValueError):
         smooth_motion(motion, 25, 2.0)
+
+
+def test_non_finite_frames_stop_with_a_hint_and_oom_errors_point_to_the_readme(monkeypatch):
+    from anytalk_core import cli, engine as engine_module
+    from anytalk_core.models.config import tiny_config
+    from anytalk_core.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(with_discriminator=False)).eval()
+    eng = engine_module.Engine(model, engine_module.EngineConfig(device="cpu"))
+    state = eng.prepare_source(torch.rand(1, 3, 64, 64))
+    kp = eng.driven_keypoints(state, eng.estimate_motion(torch.rand(2, 3, 64, 64), total=2, fps=25))
+    monkeypatch.setattr(eng, "_decode", lambda *a: {"prediction": torch.full((1, 3, 64, 64), float("nan"))})
+    with pytest.raises(engine_module.NonFiniteOutputError, match="bf16 or fp32.*Troubleshooting"):
+        next(eng.render(state, kp))
+    hint = cli._with_hint(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "--chunk" in hint and "README.md, Troubleshooting" in hint
+    assert cli._with_hint(ValueError("plain problem")) == "plain problem"
