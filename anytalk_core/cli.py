@@ -75,7 +75,8 @@ def _demo(args: argparse.Namespace) -> int:
     bar = _progress_bar(args.quiet)
     try:
         result = run_demo(args.out_dir, checkpoint=args.checkpoint, source=args.source, driving=args.driving,
-                          device=args.device, precision=args.precision, progress=bar.update_to)
+                          device=args.device, precision=args.precision, tile=args.tile, video_format=args.format,
+                          progress=bar.update_to)
     finally:
         bar.close()
     print(f"wrote {result.video} ({result.frames} frames at {result.fps:g} fps: driving | source | result)")
@@ -126,6 +127,7 @@ _DEMO_EPILOG = """\
 examples:
   anytalk demo
   anytalk demo --out-dir results/
+  anytalk demo --format gif --tile 128     # a small animated preview
   anytalk demo --source my_cat.png --driving me_talking.mp4 --out-dir results/"""
 
 _CONVERT_DESCRIPTION = """\
@@ -209,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", default=None, help="model to use instead of assets/demo/anytalk_demo.safetensors")
     d.add_argument("--source", default=None, help="portrait to use instead of the bundled cartoon animal")
     d.add_argument("--driving", default=None, help="driving video to use instead of the bundled clip")
+    d.add_argument("--format", choices=("mp4", "webm", "gif"), default="mp4", help="video format (default mp4)")
+    d.add_argument("--tile", type=_positive_int, default=256, help="pixel size of each panel of the video (default 256)")
     d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     d.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -120,8 +120,11 @@ def contact_sheet(driving: torch.Tensor, generated: torch.Tensor, source: torch.
 
 def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, source: str | Path | None = None,
              driving: str | Path | None = None, device: str = "auto", precision: str = "fp32", tile: int = 256,
-             progress: Callable[[int, int], None] | None = None) -> DemoResult:
-    """Animate the source with the driving clip; write ``anytalk_demo_NNNNN.mp4`` and ``..._sheet.png``."""
+             video_format: str = "mp4", progress: Callable[[int, int], None] | None = None) -> DemoResult:
+    """Animate the source with the driving clip; write ``anytalk_demo_NNNNN.<video_format>`` and ``..._sheet.png``.
+
+    ``tile``: pixel size of each of the three panels of the video (the model itself runs at its own size).
+    """
     from .checkpoints import load_model
     from .models.base import TransferOptions
 
@@ -131,10 +134,15 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     out = Path(out_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"{out}: output folder does not exist")
-    video_path = unique_path(out / "anytalk_demo.mp4")
-    sheet_path = video_path.with_name(video_path.stem + "_sheet.png")
-    if sheet_path.exists():
-        raise FileExistsError(f"{sheet_path} exists; choose another output folder")
+    if video_format not in ("mp4", "webm", "gif"):
+        raise ValueError(f"video format must be mp4, webm or gif, got {video_format!r}")
+    if tile < 16:
+        raise ValueError(f"tile must be at least 16 pixels, got {tile}")
+    n = int(unique_path(out / f"anytalk_demo.{video_format}").stem.rsplit("_", 1)[1])
+    while (out / f"anytalk_demo_{n:05d}.{video_format}").exists() or (out / f"anytalk_demo_{n:05d}_sheet.png").exists():
+        n += 1  # a video of another format took this number's sheet
+    video_path = out / f"anytalk_demo_{n:05d}.{video_format}"
+    sheet_path = out / f"anytalk_demo_{n:05d}_sheet.png"
 
     model = load_model(str(checkpoint))
     size = model.config.image_size
@@ -153,7 +161,7 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     keypoints = engine.driven_keypoints(state, motion, TransferOptions())
     n = keypoints.shape[0]
     generated_all, driving_all = [], []
-    audio = read_audio(driving) if info.has_audio else None
+    audio = read_audio(driving) if info.has_audio and video_format != "gif" else None
     source_tile = _resize(source_image, tile)
     with VideoWriter(video_path, fps=info.fps, audio=audio) as writer:
         drivers = driving_chunks(tile)
