@@ -20,8 +20,12 @@ def test_every_library_package_is_installed_and_nodes_never_is():
     training = {"anytalk_training" + "".join("." + part for part in p.parent.relative_to(ROOT / "training").parts)
                 for p in (ROOT / "training").rglob("__init__.py")}
     assert training <= listed, f"training packages missing from pyproject.toml: {sorted(training - listed)}"
-    assert not any(name == "nodes" or name.startswith("nodes.") or name == "training" for name in listed)
+    evaluation = {"anytalk_eval" + "".join("." + part for part in p.parent.relative_to(ROOT / "evaluation").parts)
+                  for p in (ROOT / "evaluation").rglob("__init__.py")}
+    assert evaluation <= listed, f"evaluation packages missing from pyproject.toml: {sorted(evaluation - listed)}"
+    assert not any(name == "nodes" or name.startswith("nodes.") or name in ("training", "evaluation") for name in listed)
     assert tool["package-dir"]["anytalk_training"] == "training"
+    assert tool["package-dir"]["anytalk_eval"] == "evaluation"
 
 
 def test_torch_is_never_pinned_and_not_in_requirements_txt():
