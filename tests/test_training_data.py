@@ -130,6 +130,9 @@ def test_synthetic_source_gives_ground_truth_and_flips_mirror_it():
             assert torch.equal(b["driving"], plain["driving"].flip(-1))
             assert b["pose"][0] == -plain["pose"][0] and b["pose"][1] == plain["pose"][1]
             assert b["expression"][2] == plain["expression"][3]  # blink left <-> right
+            from anytalk_training.synthetic_source import SUPERVISED_LANDMARKS as names
+            r, l = names.index("mouth_r"), names.index("mouth_l")
+            torch.testing.assert_close(b["landmarks"][r], plain["landmarks"][l] * torch.tensor([-1.0, 1.0]))
             break
     else:
         pytest.fail("no sample was flipped")
@@ -192,3 +195,29 @@ def test_stage_configs_carry_the_seed_values():
     assert s1["train"]["epochs"] == 200 and s2["train"]["epochs"] == 100
     assert s2["train"]["epoch_offset"] == 200 and s2["model"]["init_from"]
     assert {s["domain"] for s in s2["data"]["sources"]} == {"human"} and s2["data"]["manifest"]
+
+
+def test_synthetic_landmark_targets_land_on_the_rendered_features():
+    """Keypoint-supervision targets are the renderer's landmarks in the model's normalised coordinates."""
+    from anytalk_core import synthetic as S
+    from anytalk_training import synthetic_source as syn
+
+    ident = syn.identity("human", 5)
+    pose, expr = torch.tensor([[15.0, -5.0, 4.0, 0.02, -0.01, 1.0]]), torch.zeros(1, 7)
+    rendered = S.render_batch([ident], pose, expr, 64)
+    targets = syn.landmark_targets(ident, pose, expr, 64)
+    pixels = (targets + 1) * 64 / 2 - 0.5
+    rows = [list(S.LANDMARK_NAMES).index(n) for n in syn.SUPERVISED_LANDMARKS]
+    torch.testing.assert_close(pixels[0], rendered.landmarks[0, rows], atol=1e-4, rtol=0)
+    assert sorted(syn.MIRRORED_LANDMARKS) == list(range(len(syn.SUPERVISED_LANDMARKS)))
+
+
+def test_synthetic_frame_cache_never_loses_a_frame_it_is_about_to_return():
+    """Regression: rendering a missing frame into a full cache evicted the cached frame of the same pair."""
+    spec = normalise_source({"kind": "synthetic", "num_identities": 2, "frames_per_clip": 6, "seed": 1,
+                             "cache_frames": 1}, 0)
+    src = SyntheticSource(spec, 16)
+    first = src.render_frames(0, [2])
+    pair = src.render_frames(0, [2, 4])  # 2 is cached, 4 is not: the cache holds one frame
+    assert torch.equal(pair[0], first[0])
+    assert torch.equal(src.render_frames(0, [4, 4])[1], pair[1])

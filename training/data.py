@@ -338,26 +338,29 @@ class SyntheticSource:
         return syn.identity(self.domain_of(item), int(np.random.default_rng([self.seed, item, 0]).integers(2**62)))
 
     def render_frames(self, item: int, indices: list[int]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(indices) if (item, t) not in self._cache]
+        found: dict[int, torch.Tensor] = {}
+        for t in dict.fromkeys(indices):  # take what is cached first: rendering may evict it
+            if (item, t) in self._cache:
+                self._cache.move_to_end((item, t))
+                found[t] = self._cache[(item, t)]
+        missing = [t for t in dict.fromkeys(indices) if t not in found]
         if missing:
             pose, expr = self.motion(item)
             ident = self.identity(item)
             images = syn.render([ident] * len(missing), pose[missing], expr[missing], self.size)
             for t, img in zip(missing, images):
-                self._cache[(item, t)] = (img * 255).round_().to(torch.uint8)
+                found[t] = self._cache[(item, t)] = (img * 255).round_().to(torch.uint8)
                 if len(self._cache) > self._cap:
                     self._cache.popitem(last=False)
-        out = []
-        for t in indices:
-            self._cache.move_to_end((item, t))
-            out.append(self._cache[(item, t)].float() / 255.0)
-        return torch.stack(out)
+        return torch.stack([found[t].float() / 255.0 for t in indices])
 
     def sample(self, item: int, rng: np.random.Generator) -> dict:
         idx = sorted(int(i) for i in rng.choice(self.frames, size=2, replace=True))
         frames = self.render_frames(item, idx)
         pose, expr = self.motion(item)
+        landmarks = syn.landmark_targets(self.identity(item), pose[idx], expr[idx], self.size)
         return {"source": frames[0], "driving": frames[1], "domain_name": self.domain_of(item),
+                "source_landmarks": landmarks[0], "landmarks": landmarks[1],
                 "source_pose": pose[idx[0], :3].clone(), "pose": pose[idx[1], :3].clone(),
                 "source_expression": expr[idx[0]].clone(), "expression": expr[idx[1]].clone()}
 
@@ -481,14 +484,17 @@ class MixedDataset(torch.utils.data.Dataset):
         src, drv = s["source"], s["driving"]
         pose, spose = s.get("pose"), s.get("source_pose")
         expr, sexpr = s.get("expression"), s.get("source_expression")
+        lm, slm = s.get("landmarks"), s.get("source_landmarks")
         if self.tflip and rng.random() < 0.5:
-            src, drv, pose, spose, expr, sexpr = drv, src, spose, pose, sexpr, expr
+            src, drv, pose, spose, expr, sexpr, lm, slm = drv, src, spose, pose, sexpr, expr, slm, lm
         if self.hflip and rng.random() < 0.5:
             src, drv = src.flip(-1), drv.flip(-1)
             if pose is not None:
                 pose = syn.mirror_pose(pose)
             if expr is not None:
                 expr = syn.mirror_expression(expr)
+            if lm is not None:
+                lm, slm = syn.mirror_landmarks(lm), syn.mirror_landmarks(slm)
         src, drv = color_jitter([src, drv], self.jitter, rng)
         has_pose = pose is not None
         has_expr = expr is not None
@@ -500,6 +506,9 @@ class MixedDataset(torch.utils.data.Dataset):
             "has_pose": torch.tensor(has_pose),
             "expression": expr if has_expr else torch.zeros(syn.NUM_EXPRESSION),
             "has_expression": torch.tensor(has_expr),
+            "landmarks": lm.float() if lm is not None else torch.zeros(len(syn.SUPERVISED_LANDMARKS), 2),
+            "source_landmarks": slm.float() if slm is not None else torch.zeros(len(syn.SUPERVISED_LANDMARKS), 2),
+            "has_landmarks": torch.tensor(lm is not None),
         }
 
 

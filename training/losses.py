@@ -25,6 +25,7 @@ __all__ = [
     "equivariance_loss",
     "keypoint_prior_loss",
     "head_pose_loss",
+    "keypoint_supervision_loss",
     "deformation_prior_loss",
     "deformation_prior_weight",
     "expression_consistency_loss",
@@ -207,6 +208,21 @@ def keypoint_prior_loss(kp: torch.Tensor, weight: float, distance_threshold: flo
     spread = (F.relu(distance_threshold - sq) * off_diagonal).sum(dim=(1, 2)).mean()
     depth = torch.abs(kp[:, :, 2].mean(-1) - depth_target).mean()
     return weight * (spread + depth)
+
+
+def keypoint_supervision_loss(keypoints: torch.Tensor, landmarks: torch.Tensor, weight: float,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """weight * mean |(x, y) of the first L keypoints - the L ground-truth landmarks| (not in the seed).
+
+    keypoints (B, K, 3), landmarks (B, L, 2) normalised like the keypoints; ``mask`` (B,) marks items that have
+    landmarks. Only min(K, L) keypoints are supervised.
+    """
+    n = min(keypoints.shape[1], landmarks.shape[1])
+    err = torch.abs(keypoints[:, :n, :2] - landmarks[:, :n].to(keypoints.dtype)).mean(dim=(1, 2))  # (B,)
+    m = mask.to(err.dtype)
+    if m.sum() == 0:
+        return keypoints.new_zeros(()) * keypoints.sum()  # keeps the graph (DDP) with a zero
+    return weight * (err * m).sum() / m.sum()
 
 
 def head_pose_loss(predicted: torch.Tensor, target: torch.Tensor, weight: float,

@@ -8,6 +8,7 @@ ground truth: pose (B, 6) = yaw, pitch, roll (degrees), tx, ty, scale and expres
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -117,4 +118,34 @@ def mirror_expression(expr: torch.Tensor) -> torch.Tensor:
         out[..., a], out[..., b] = expr[..., b], expr[..., a]
     if "gaze_x" in fields:
         out[..., fields.index("gaze_x")] = -expr[..., fields.index("gaze_x")]
+    return out
+
+
+# Renderer landmarks that supervise the first keypoints when keypoint_supervision.weight > 0, in this
+# order (symmetric pairs, lips for the mouth, ears for animals). A semantic anchor for short synthetic
+# runs: the same landmark is keypoint k in every domain, so motion transfers across domains from the start.
+SUPERVISED_LANDMARKS: tuple[str, ...] = (
+    "nose_tip", "chin", "mouth_r", "mouth_l", "lip_upper", "lip_lower", "eye_r_outer", "eye_l_outer",
+    "brow_r_mid", "brow_l_mid", "contour_r2", "contour_l2", "ear_r_tip", "ear_l_tip", "forehead")
+_LANDMARK_ROWS = [list(_syn.LANDMARK_NAMES).index(n) for n in SUPERVISED_LANDMARKS]
+
+
+def _mirror_name(name: str) -> str:
+    return re.sub(r"(?<=_)([rl])(?=\d|_|$)", lambda m: "l" if m.group(1) == "r" else "r", name)
+
+
+MIRRORED_LANDMARKS: list[int] = [SUPERVISED_LANDMARKS.index(_mirror_name(n)) for n in SUPERVISED_LANDMARKS]
+
+
+def landmark_targets(identity, poses: torch.Tensor, expressions: torch.Tensor, size: int) -> torch.Tensor:
+    """Supervised landmarks of ``identity`` at poses (n, 6) / expressions (n, 7) -> (n, L, 2) in the model's
+    normalised image coordinates (x, y in [-1, 1], align_corners=False: pixel centre p -> (2p + 1) / size - 1)."""
+    pixels = _syn.landmarks_2d([identity] * poses.shape[0], poses.float(), expressions.float(), size)
+    return (2 * pixels[:, _LANDMARK_ROWS] + 1) / size - 1
+
+
+def mirror_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """Targets of a horizontally flipped frame: x changes sign and left/right landmarks swap: (..., L, 2)."""
+    out = landmarks[..., MIRRORED_LANDMARKS, :].clone()
+    out[..., 0] = -out[..., 0]
     return out
