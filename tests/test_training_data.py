@@ -221,3 +221,19 @@ def test_synthetic_frame_cache_never_loses_a_frame_it_is_about_to_return():
     pair = src.render_frames(0, [2, 4])  # 2 is cached, 4 is not: the cache holds one frame
     assert torch.equal(pair[0], first[0])
     assert torch.equal(src.render_frames(0, [4, 4])[1], pair[1])
+
+
+def test_independent_pairs_drive_with_an_unrelated_pose_and_keep_ground_truth():
+    spec = normalise_source({"kind": "synthetic", "num_identities": 2, "frames_per_clip": 4, "seed": 2,
+                             "independent_pairs": 1.0}, 0)
+    src = SyntheticSource(spec, 32)
+    s = src.sample(1, np.random.default_rng(0))
+    from anytalk_training import synthetic_source as syn
+
+    assert s["pose"].shape == (3,) and s["landmarks"].shape == (len(syn.SUPERVISED_LANDMARKS), 2)
+    assert not torch.equal(s["pose"], s["source_pose"])
+    with pytest.raises(DataError, match="independent_pairs"):
+        normalise_source({"kind": "synthetic", "independent_pairs": 2}, 0)
+    plain = SyntheticSource(normalise_source({"kind": "synthetic", "num_identities": 2, "frames_per_clip": 4,
+                                              "seed": 2}, 0), 32).sample(1, np.random.default_rng(0))
+    assert torch.equal(plain["source"], s["source"]) or not torch.equal(plain["driving"], s["driving"])

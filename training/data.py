@@ -56,7 +56,8 @@ class DataError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 _VIDEO_KEYS = {"kind", "name", "path", "domain", "weight", "id_sampling", "subset", "split", "seed"}
-_SYNTH_KEYS = {"kind", "name", "domains", "num_identities", "frames_per_clip", "seed", "weight", "cache_frames"}
+_SYNTH_KEYS = {"kind", "name", "domains", "num_identities", "frames_per_clip", "seed", "weight", "cache_frames",
+               "independent_pairs"}
 
 
 def _resolve(path: str, base: Path | None) -> str:
@@ -98,12 +99,15 @@ def normalise_source(spec: dict, index: int, base: Path | None = None, origin: s
         s.setdefault("frames_per_clip", 32)
         s.setdefault("seed", 0)
         s.setdefault("cache_frames", 8192)
+        s.setdefault("independent_pairs", 0.0)  # share of pairs whose driving frame is an unrelated random pose
         try:
             syn.check_domains(s["domains"], where)
         except ValueError as exc:
             raise DataError(str(exc)) from None
         if int(s["num_identities"]) < 1 or int(s["frames_per_clip"]) < 1:
             raise DataError(f"{where}: num_identities and frames_per_clip must be >= 1")
+        if not 0.0 <= float(s["independent_pairs"]) <= 1.0:
+            raise DataError(f"{where}: independent_pairs must be between 0 and 1, got {s['independent_pairs']!r}")
     else:
         raise DataError(f"{where}: unknown source kind {kind!r} (video_folder or synthetic)")
     s.setdefault("weight", 1.0)
@@ -356,8 +360,18 @@ class SyntheticSource:
 
     def sample(self, item: int, rng: np.random.Generator) -> dict:
         idx = sorted(int(i) for i in rng.choice(self.frames, size=2, replace=True))
-        frames = self.render_frames(item, idx)
         pose, expr = self.motion(item)
+        share = float(self.spec["independent_pairs"])
+        if share > 0 and rng.random() < share:
+            # the driving frame at an unrelated random pose and expression: large motion, so copying the
+            # source never pays (rendered fresh, not cached)
+            still_pose, still_expr = syn.random_still(rng, 1)
+            pose, expr = torch.cat([pose[idx[:1]], still_pose]), torch.cat([expr[idx[:1]], still_expr])
+            driving = syn.render([self.identity(item)], still_pose, still_expr, self.size)
+            frames = torch.cat([self.render_frames(item, idx[:1]), (driving * 255).round_() / 255.0])
+            idx = [0, 1]
+        else:
+            frames = self.render_frames(item, idx)
         landmarks = syn.landmark_targets(self.identity(item), pose[idx], expr[idx], self.size)
         return {"source": frames[0], "driving": frames[1], "domain_name": self.domain_of(item),
                 "source_landmarks": landmarks[0], "landmarks": landmarks[1],
