@@ -19,6 +19,8 @@ from .motion import Motion
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+AUDIO_CHUNK = 128  # video frames per audio-to-motion pass (a few hundred tokens: memory is tiny at any length)
+
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 CancelFn = Callable[[], bool]  # True to stop
 
@@ -166,7 +168,7 @@ class Engine:
         from .audio_motion import audio_to_motion
 
         return audio_to_motion(self.model, audio, fps, n_frames, expression_strength=expression_strength,
-                               pose_strength=pose_strength, chunk=max(16, 4 * self.config.chunk_size),
+                               pose_strength=pose_strength, chunk=AUDIO_CHUNK,
                                progress=progress, cancel=lambda: self._check_cancel(cancel))
 
     @torch.no_grad()

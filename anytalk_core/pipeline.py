@@ -1,9 +1,12 @@
-"""File-to-file animation: source image + driving video -> mp4/webm/gif, streamed in constant memory.
+"""File-to-file animation: source image + driving video and/or speech -> mp4/webm/gif, streamed in constant memory.
 
 Used by ``anytalk animate`` and the demo. Pass 1 streams the driving video through the motion estimator
-(its motion is tiny: N x (6 + 3K) numbers); pass 2 renders the driven keypoints chunk by chunk into the
-video writer, which muxes the driving video's audio trimmed/padded to the frame count. Every input is
-checked before any work starts, and the output is written to a temporary file and renamed at the end.
+(its motion is tiny: N x (6 + 3K) numbers), or the audio through the model's audio-to-motion part, or
+both (pose from the video, expression from the audio, as Motion Mix); pass 2 renders the driven keypoints
+chunk by chunk into the video writer, which muxes the audio (the audio file's, else the driving video's)
+trimmed/padded to the frame count. Audio motion is transferred relative to the network's silent face
+(:func:`~anytalk_core.audio_motion.rest_motion`), not to its first frame. Every input is checked before
+any work starts, and the output is written to a temporary file and renamed at the end.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .engine import Engine, EngineConfig, smooth_motion
 from .io_utils import check_can_write
 from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_video, read_audio
 from .models.base import TalkingHeadModel, TransferOptions
+from .motion import mix
 
 
 @dataclass
@@ -36,10 +40,13 @@ class AnimateOptions:
     overwrite: bool = False
     keep_audio: bool = True
     release_networks: bool = False  # free weights once a stage no longer needs them (one-shot CLI runs)
+    fps: float = 25.0  # frame rate of audio-driven output without a driving video
 
     def __post_init__(self) -> None:
         if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
             raise ValueError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise ValueError(f"fps must be a number in (0, 240], got {self.fps!r}")
         parse_crop(self.crop)
         parse_crop(self.driving_crop)
 
@@ -69,10 +76,13 @@ def crop_spec_for(image: torch.Tensor, mode: str, size: int) -> CropSpec:
     return crop_box(hw, parsed, size)
 
 
-def check_paths(source: str, driving: str, out: str, overwrite: bool, extra_inputs: tuple[str, ...] = ()) -> Path:
+def check_paths(source: str, driving: str | None, out: str, overwrite: bool, extra_inputs: tuple[str, ...] = (),
+                audio: str | None = None) -> Path:
     """Fail before any work: missing inputs, an unsupported output format, an output that is an input."""
-    for path, kind in ((source, "source image"), (driving, "driving video")):
-        if not os.path.isfile(path):
+    if driving is None and audio is None:
+        raise ValueError("nothing drives the portrait: give a driving video, an audio file, or both")
+    for path, kind in ((source, "source image"), (driving, "driving video"), (audio, "audio file")):
+        if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: {kind} not found")
     for path in extra_inputs:  # e.g. a checkpoint, which may be a LivePortrait folder
         if not os.path.exists(path):
@@ -81,8 +91,8 @@ def check_paths(source: str, driving: str, out: str, overwrite: bool, extra_inpu
     if out_path.suffix.lower() not in VIDEO_FORMATS:
         raise ValueError(f"{out}: the output must end in one of {', '.join(sorted(VIDEO_FORMATS))}")
     real_out = os.path.realpath(out)
-    for path in (source, driving, *extra_inputs):
-        if os.path.realpath(path) == real_out:
+    for path in (source, driving, audio, *extra_inputs):
+        if path is not None and os.path.realpath(path) == real_out:
             raise ValueError(f"{out}: the output would replace the input {path}; choose another output name")
     check_can_write(out_path, overwrite)
     if not out_path.parent.exists():
@@ -90,12 +100,22 @@ def check_paths(source: str, driving: str, out: str, overwrite: bool, extra_inpu
     return out_path
 
 
-def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, options: AnimateOptions | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
-    """Animate ``source`` with the motion of ``driving`` and write ``out``; returns the written path."""
+def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out: str,
+                 options: AnimateOptions | None = None, progress: Callable[[int, int], None] | None = None,
+                 audio: str | None = None) -> Path:
+    """Animate ``source`` with the motion of ``driving`` and/or the speech in ``audio``; returns the written path.
+
+    With both, the head pose comes from the video and the expression from the audio (the audio's length is
+    fitted to the video's frames); with the audio alone the output has ``options.fps`` frames per second.
+    """
+    from .audio_motion import require_audio2motion
+
     options = options or AnimateOptions()
-    out_path = check_paths(source, driving, out, options.overwrite)
-    info = probe_video(driving)
+    out_path = check_paths(source, driving, out, options.overwrite, audio=audio)
+    if audio is not None:
+        require_audio2motion(model)
+    info = probe_video(driving) if driving is not None else None
+    sound = read_audio(audio) if audio is not None else None
     engine = Engine(model, options.engine)
     size = model.config.image_size
 
@@ -105,36 +125,42 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str, out: str, o
     if options.release_networks:
         model.release_networks(model.source_only_modules)
 
-    fps = info.fps
-    chunk = options.engine.chunk_size
-    frames = iter_video_frames(driving, fps=fps, chunk=chunk)
-    first = next(frames, None)
-    if first is None:
-        raise ValueError(f"{driving}: the video has no frames")
-    first_float = first[:1].permute(0, 3, 1, 2).float() / 255
-    driving_spec = crop_spec_for(first_float, options.driving_crop, size)
-
-    def cropped_chunks():
-        for piece in itertools.chain([first], frames):
-            yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)
-
-    total = max(info.frame_count, 1)
-    report = (lambda done, _t: progress(done, 2 * total)) if progress else None
-    motion = engine.estimate_motion(cropped_chunks(), total=total, progress=report, fps=fps)
+    motion, reference = None, None
+    fps = info.fps if info is not None else float(options.fps)
+    if driving is not None:
+        total = max(info.frame_count, 1)
+        report = (lambda done, _t: progress(done, 2 * total)) if progress else None
+        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size), total=total, progress=report,
+                                        fps=fps)
+    if sound is not None:
+        speech = engine.audio_motion(sound, fps, n_frames=len(motion) if motion is not None else None,
+                                     progress=(lambda done, t: progress(done, 2 * t)) if progress else None)
+        rest = engine.rest_motion(fps)
+        motion, reference = (speech, rest) if motion is None else (mix(motion, speech), mix(motion[0], rest))
     if options.smoothing > 0:
         motion = smooth_motion(motion, fps, options.smoothing)
-    keypoints = engine.driven_keypoints(source_state, motion, options.transfer)
+    keypoints = engine.driven_keypoints(source_state, motion, options.transfer, reference=reference)
     n = keypoints.shape[0]
     if options.release_networks:
         model.release_networks(model.networks_not_needed_for_rendering())
 
-    audio = None
-    if options.keep_audio and info.has_audio:
-        audio = read_audio(driving)
-    with VideoWriter(out_path, fps=fps, audio=audio, overwrite=options.overwrite) as writer:
+    if sound is None and options.keep_audio and info.has_audio:
+        sound = read_audio(driving)
+    with VideoWriter(out_path, fps=fps, audio=sound, overwrite=options.overwrite) as writer:
         render_report = (lambda done, _t: progress(n + done, 2 * n)) if progress else None
         for generated in engine.render(source_state, keypoints, progress=render_report):
             if options.paste_back:
                 generated = paste_back(original, generated, spec)
             writer.write(generated.permute(0, 2, 3, 1))
     return out_path
+
+
+def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int):
+    """The driving video's frames, cropped for the model, chunk by chunk: (n, 3, size, size) in 0..1."""
+    frames = iter_video_frames(driving, fps=fps, chunk=options.engine.chunk_size)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{driving}: the video has no frames")
+    driving_spec = crop_spec_for(first[:1].permute(0, 3, 1, 2).float() / 255, options.driving_crop, size)
+    for piece in itertools.chain([first], frames):
+        yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)

@@ -6,11 +6,13 @@ with fallbacks, so the pack imports and runs without ComfyUI (tests, scripts).
 
 Graph (split): Load Model, Load Source -> Detect Canonical Keypoints -> Transfer Motion (<- Estimate Motion
 <- Load Video; Motion Edit / Mix / Smooth / Expression Edit; Save / Load Motion) -> 3D Warp -> Generate -> Paste Back ->
-Assemble Video. All in one: Animate. An Audio to Motion node (audio issue) will output ANYTALK_MOTION into
-Motion Mix / Transfer Motion / Animate's ``driving_motion``.
+Assemble Video. All in one: Animate. Audio to Motion (<- Load Audio / Load Video's audio) outputs an
+ANYTALK_MOTION into Motion Mix / Transfer Motion (with its rest motion as reference) / Animate's
+``driving_motion``; Animate also takes speech alone.
 """
 from . import _comfy
 from .animate import AnyTalkAnimate
+from .audio import AnyTalkAudioToMotion
 from .expression import AnyTalkExpressionEdit
 from .media import AnyTalkAssembleVideo, AnyTalkLoadAudio, AnyTalkLoadVideo
 from .model import AnyTalkLoadModel
@@ -30,6 +32,7 @@ _NODES = [
     (AnyTalkLoadSource, "AnyTalk Load Source"),
     (AnyTalkDetectKeypoints, "AnyTalk Detect Canonical Keypoints"),
     (AnyTalkEstimateMotion, "AnyTalk Estimate Motion"),
+    (AnyTalkAudioToMotion, "AnyTalk Audio to Motion"),
     (AnyTalkMotionEdit, "AnyTalk Motion Edit"),
     (AnyTalkMotionMix, "AnyTalk Motion Mix"),
     (AnyTalkMotionSmooth, "AnyTalk Motion Smooth"),

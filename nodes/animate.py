@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape, check_motion, motion_fps
+from .audio import audio_motion
 from .media import fit_audio, silence
-from .motion import AnyTalkEstimateMotion, AnyTalkMotionSmooth
+from .motion import AnyTalkEstimateMotion, AnyTalkMotionMix, AnyTalkMotionSmooth
 from .render import TRANSFER_MODES, AnyTalkGenerate, AnyTalkPasteBack, AnyTalkTransferMotion, AnyTalkWarp3D, strength
 from .source import AnyTalkDetectKeypoints, AnyTalkLoadSource
 
@@ -12,10 +13,12 @@ DRIVING_CROPS = ["full", "auto (first frame)"]
 
 
 class AnyTalkAnimate:
-    DESCRIPTION = ("Animates a portrait with driving frames (a video's IMAGE batch) or a ready motion, in one node: "
-                   "crop, keypoints, motion, transfer, warp, generate and optional paste-back. The portrait's work is "
-                   "cached, so trying another driving video does not redo it. Audio passes through, fitted to the "
-                   "result's length.")
+    DESCRIPTION = ("Animates a portrait with driving frames (a video's IMAGE batch), a ready motion, or speech alone, "
+                   "in one node: crop, keypoints, motion, transfer, warp, generate and optional paste-back. The "
+                   "portrait's work is cached, so trying another driving video does not redo it. Without driving "
+                   "frames or motion the audio drives the face (the checkpoint's audio-to-motion part); with them it "
+                   "passes through, fitted to the result's length, or drives the expression when "
+                   "audio_drives_expression is on.")
     CATEGORY = CATEGORY
     FUNCTION = "animate"
     RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
@@ -54,35 +57,46 @@ class AnyTalkAnimate:
                 "driving_motion": ("ANYTALK_MOTION", {"tooltip": "A ready motion instead of driving frames (Load "
                                                                  "Motion, Motion Edit/Mix, or an audio-to-motion "
                                                                  "node)."}),
-                "audio": ("AUDIO", {"tooltip": "Sound for the result (e.g. the driving video's). Passed through and "
-                                               "fitted to the frame count."}),
+                "audio": ("AUDIO", {"tooltip": "Sound for the result, fitted to the frame count. Alone (no driving "
+                                               "frames or motion) it drives the face; needs a checkpoint with an "
+                                               "audio-to-motion part, like the bundled demo."}),
+                "audio_drives_expression": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "With driving frames or a motion and audio: the expression (mouth) comes from the audio, "
+                               "only the head pose from the driver."}),
             },
         }
 
     @artist_errors("AnyTalk Animate")
     def animate(self, model, source_image, source_crop="auto", driving_crop="full", mode="relative",
                 pose_strength=1.0, expression_strength=1.0, translation_strength=1.0, smoothing=0.0,
-                paste_back=False, fps=25.0, driving_images=None, driving_motion=None, audio=None):
-        if driving_images is None and driving_motion is None:
-            if audio is not None:
-                raise AnyTalkError("audio alone cannot drive the animation yet: connect driving_images (a video) or a "
-                                   "driving_motion; audio-to-motion arrives as its own node")
-            raise AnyTalkError("connect driving_images (a video's frames) or a driving_motion")
+                paste_back=False, fps=25.0, driving_images=None, driving_motion=None, audio=None,
+                audio_drives_expression=False):
+        if driving_images is None and driving_motion is None and audio is None:
+            raise AnyTalkError("connect driving_images (a video's frames), a driving_motion or speech audio")
         if driving_images is not None and driving_motion is not None:
             raise AnyTalkError("connect either driving_images or driving_motion, not both")
         check_image_shape(source_image, "source image", min_side=16)
         source, _ = AnyTalkLoadSource().load(source_image, crop=source_crop, size=model.image_size)
         keypoints, _overlay, _own = AnyTalkDetectKeypoints().detect(model, source)
+        reference = None
         if driving_images is not None:
             motion, _ = AnyTalkEstimateMotion().estimate(model, driving_images, crop=driving_crop, fps=float(fps))
-        else:
+        elif driving_motion is not None:
             motion = check_motion(driving_motion, "AnyTalk Animate")
+        else:  # speech alone drives the face, relative to the network's silent face
+            motion, reference = audio_motion(model, audio, float(fps))
+        if audio is not None and audio_drives_expression and reference is None:
+            speech, rest = audio_motion(model, audio, motion_fps(motion, float(fps)), frame_count=len(motion))
+            (motion,) = AnyTalkMotionMix().mix(motion, speech)
+            (reference,) = AnyTalkMotionMix().mix(motion[0], rest)  # the driver's first pose, silent face
         rate = motion_fps(motion, float(fps))
         if smoothing > 0:
             (motion,) = AnyTalkMotionSmooth().smooth(motion, strength=float(smoothing), fps=rate)
         (driven,) = AnyTalkTransferMotion().transfer(keypoints, motion, mode=mode, pose_strength=pose_strength,
                                                      expression_strength=expression_strength,
-                                                     translation_strength=translation_strength)
+                                                     translation_strength=translation_strength,
+                                                     reference_motion=reference)
         (plan,) = AnyTalkWarp3D().warp(model, source, driven)
         (frames,) = AnyTalkGenerate().generate(model, source, plan)
         if paste_back:

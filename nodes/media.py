@@ -161,9 +161,10 @@ class AnyTalkLoadAudio:
                 "mono": ("BOOLEAN", {"default": False, "tooltip": "Average the channels into one."}),
                 "path": ("STRING", {"default": "", "tooltip": "Optional full path of an audio or video file; when "
                                                               "set it is used instead of the list below."}),
-                "audio": (_choices(AUDIO_SUFFIXES, "audio"), {"audio_upload": True,
-                                                             "tooltip": "An audio (or video) file from ComfyUI's "
-                                                                        "input folder."}),
+                # no "audio_upload" flag: the front end's audio upload widget comes with ComfyUI's own audio
+                # nodes, and where those fail to import (no torchaudio) it refuses to register this node
+                "audio": (_choices(AUDIO_SUFFIXES, "audio"), {"tooltip": "An audio (or video) file from ComfyUI's "
+                                                                         "input folder."}),
             }
         }
 

@@ -157,8 +157,9 @@ MIX_MODES = ["pose from A, expression from B", "blend expressions"]
 
 class AnyTalkMotionMix:
     DESCRIPTION = ("Combines two motions: the head pose of A with the expression of B (pose mixes across model "
-                   "families), or a weighted blend of both expressions (same model family only). One-frame motions "
-                   "are repeated to the other's length.")
+                   "families; e.g. a video's head motion with speech from AnyTalk Audio to Motion), or a weighted "
+                   "blend of both expressions (same model family only). One-frame motions are repeated to the "
+                   "other's length.")
     CATEGORY = CATEGORY
     FUNCTION = "mix"
     RETURN_TYPES = ("ANYTALK_MOTION",)
@@ -185,7 +186,8 @@ class AnyTalkMotionMix:
         b = check_motion(motion_b, "AnyTalk Motion Mix")
         if len(a) != len(b) and 1 not in (len(a), len(b)):
             raise AnyTalkError(f"motion A has {len(a)} frames and motion B {len(b)}: make them the same length with "
-                               "AnyTalk Motion Edit (frame_count / target_fps), or use a one-frame motion")
+                               "AnyTalk Motion Edit (frame_count / target_fps) or AnyTalk Audio to Motion's "
+                               "frame_count (connect Load Video's frame_count), or use a one-frame motion")
         n = max(len(a), len(b))
         a = a.repeat_to(n) if len(a) == 1 and n > 1 else a
         b = b.repeat_to(n) if len(b) == 1 and n > 1 else b

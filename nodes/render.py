@@ -102,13 +102,17 @@ class AnyTalkTransferMotion:
                 "lip_ratio": ratio(NEUTRAL_LIP_RATIO,
                                    "LivePortrait, retarget_lips: target lip-open ratio (mouth gap / mouth width); "
                                    "0 = closed, higher = more open."),
+                "reference_motion": ("ANYTALK_MOTION", {
+                    "tooltip": "relative: the motion that counts as 'no movement' instead of the driving motion's "
+                               "reference_frame (its frame reference_frame, or its only frame), e.g. AnyTalk Audio "
+                               "to Motion's rest_motion."}),
             },
         }
 
     @artist_errors("AnyTalk Transfer Motion")
     def transfer(self, keypoints, motion, mode="relative", pose_strength=1.0, expression_strength=1.0,
                  translation_strength=1.0, adapt_scale=False, reference_frame=0, stitching=True, retarget_eyes=False,
-                 eye_ratio=NEUTRAL_EYE_RATIO, retarget_lips=False, lip_ratio=NEUTRAL_LIP_RATIO):
+                 eye_ratio=NEUTRAL_EYE_RATIO, retarget_lips=False, lip_ratio=NEUTRAL_LIP_RATIO, reference_motion=None):
         if not isinstance(keypoints, Keypoints):
             raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
         if keypoints.driven is not None:
@@ -122,15 +126,25 @@ class AnyTalkTransferMotion:
                 f"from a {own.family} model ({own.num_kp} keypoints); estimate the motion with the same AnyTalk Load "
                 "Model, or take only its pose: AnyTalk Motion Mix (pose from the motion, expression from Detect "
                 "Canonical Keypoints' source_motion)")
-        if mode == "relative" and reference_frame >= len(motion):
-            raise AnyTalkError(f"reference_frame {reference_frame} is past the end of the motion "
-                               f"({len(motion)} frames, 0 to {len(motion) - 1})")
+        ref_source = motion
+        if reference_motion is not None:
+            ref_source = check_motion(reference_motion, "AnyTalk Transfer Motion")
+            if ref_source.family != motion.family or ref_source.num_kp != motion.num_kp:
+                raise AnyTalkError(f"the reference_motion comes from a {ref_source.family} model ({ref_source.num_kp} "
+                                   f"keypoints) but the motion from a {motion.family} model ({motion.num_kp}); connect "
+                                   "motions of the same AnyTalk Load Model")
+            if len(ref_source) == 1:
+                reference_frame = 0
+        if mode == "relative" and reference_frame >= len(ref_source):
+            which = "reference_motion" if reference_motion is not None else "motion"
+            raise AnyTalkError(f"reference_frame {reference_frame} is past the end of the {which} "
+                               f"({len(ref_source)} frames, 0 to {len(ref_source) - 1})")
         model = keypoints.model
         options = transfer_options(model, mode, pose_strength, expression_strength, translation_strength, adapt_scale,
                                    stitching=stitching)
         engine = model.engine()
         state = keypoints.state.to(engine.device)
-        reference = motion[int(reference_frame)] if mode == "relative" else None
+        reference = ref_source[int(reference_frame)] if mode == "relative" else None
         if is_liveportrait(model) and (retarget_eyes or retarget_lips):
             # eye/lip deltas join the driven keypoints before stitching (LivePortrait's retargeting networks)
             with torch.no_grad():

@@ -64,8 +64,8 @@ def load_pack(name: str | None = None):
 
 
 def pack_submodule(pack, dotted: str):
-    """``pack_submodule(pack, "anytalk_core.motion")`` -> that module of this copy of the pack."""
-    return sys.modules[f"{pack.__name__}.{dotted}"]
+    """``pack_submodule(pack, "anytalk_core.motion")`` -> that module of this copy of the pack (imported if needed)."""
+    return importlib.import_module(f"{pack.__name__}.{dotted}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -563,6 +563,20 @@ def has_control_widget(name: str, type_, options: dict) -> bool:
     return type_ == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
 
 
+def _stack_columns(nodes: list[dict], gap: int = 60, title: int = 30) -> None:
+    """Push nodes down within each column so none covers the next one's title bar (drawn above ``pos``)."""
+    columns: dict[float, list[dict]] = {}
+    for node in nodes:
+        columns.setdefault(node["pos"][0], []).append(node)
+    for column in columns.values():
+        column.sort(key=lambda n: n["pos"][1])
+        bottom = None
+        for node in column:
+            if bottom is not None and node["pos"][1] < bottom + gap + title:
+                node["pos"][1] = bottom + gap + title
+            bottom = node["pos"][1] + node["size"][1]
+
+
 def ui_to_api(workflow: dict, classes: dict[str, type]) -> tuple[dict, dict[str, list]]:
     """UI-format workflow -> (API prompt, leftover widget values per node, e.g. upload buttons' values)."""
     links = {link[0]: link for link in workflow["links"]}
@@ -704,6 +718,7 @@ class WorkflowBuilder:
             if node["title"]:
                 entry["title"] = node["title"]
             nodes.append(entry)
+        _stack_columns(nodes)
         extra = {"ds": {"scale": 0.8, "offset": [0, 0]}}
         if note:
             extra["anytalk_note"] = note
@@ -762,8 +777,9 @@ PORTRAIT = "anytalk_portrait.png"
 CARTOON = "anytalk_cartoon_fox.png"
 PHOTO = "anytalk_photo.png"
 DRIVING = "anytalk_driving.mp4"
+SPEECH = "anytalk_speech.wav"
 WORKFLOW_NAMES = ("anytalk_video_driven", "anytalk_cross_domain", "anytalk_pose_expression_edit",
-                  "anytalk_generate_then_animate", "anytalk_paste_back")
+                  "anytalk_generate_then_animate", "anytalk_paste_back", "anytalk_audio_driven")
 
 
 def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[str, tuple[dict, dict]]:
@@ -870,6 +886,25 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
           filename_prefix="AnyTalk/paste_back")
     out["anytalk_paste_back"] = (b.ui("Crop and paste back: the head of a full photo is animated and put back "
                                       "into the photo with a feathered edge."), b.api())
+
+    # 6. audio-driven: speech moves the mouth through the checkpoint's audio-to-motion part
+    b = WorkflowBuilder(classes, display)
+    model = b.add("AnyTalkLoadModel", 0, 0, checkpoint=DEMO_CHECKPOINT)
+    image = b.add("LoadImage", 0, 260, image=PORTRAIT)
+    speech = b.add("AnyTalkLoadAudio", 0, 620, audio=SPEECH)
+    source = b.add("AnyTalkLoadSource", 1, 0, image=image[0], crop="auto")
+    kp = b.add("AnyTalkDetectKeypoints", 2, 0, model=model[0], source=source[0])
+    motion = b.add("AnyTalkAudioToMotion", 1, 520, model=model[0], audio=speech[0], fps=25.0)
+    smooth = b.add("AnyTalkMotionSmooth", 2, 520, motion=motion[0], strength=0.2)
+    driven = b.add("AnyTalkTransferMotion", 3, 300, keypoints=kp[0], motion=smooth[0], mode="relative",
+                   reference_motion=motion[1])
+    warp = b.add("AnyTalkWarp3D", 4, 300, model=model[0], source=source[0], keypoints=driven[0])
+    frames = b.add("AnyTalkGenerate", 5, 300, model=model[0], source=source[0], warp=warp[0])
+    b.add("AnyTalkAssembleVideo", 6, 300, images=frames[0], fps=25.0, audio=speech[0],
+          filename_prefix="AnyTalk/audio_driven")
+    out["anytalk_audio_driven"] = (b.ui("Audio-driven: speech moves the portrait's mouth and face (the checkpoint's "
+                                        "audio-to-motion part; the bundled demo has one), relative to its silent "
+                                        "face. Replace the image and the audio with your own."), b.api())
     return out
 
 
@@ -929,6 +964,25 @@ def write_driving_video(pack, path: Path, n: int, size: int = 64, fps: float = 2
     return path
 
 
+def attach_tiny_audio2motion(pack, model) -> None:
+    """Give a model a small randomly initialised audio-to-motion part (as the demo checkpoint has a trained one)."""
+    config = pack_submodule(pack, "anytalk_core.models.config")
+    a2m = pack_submodule(pack, "anytalk_core.models.audio2motion")
+    audio_motion = pack_submodule(pack, "anytalk_core.audio_motion")
+    cfg = config.AudioToMotionConfig(num_kp=model.num_kp, n_mels=32, feature_dim=32, frontend_channels=8, dim=16,
+                                     depth=1, heads=2, radius=4, context=4, params=("jaw_open",))
+    audio_motion.attach_audio2motion(model, a2m.AudioToMotion(cfg).eval())
+
+
+def write_speech(pack, path: Path, seconds: float, seed: int = 4) -> Path:
+    """Speech-like babble (the synthetic renderer's) as a 16 kHz wav."""
+    synthetic = pack_submodule(pack, "anytalk_core.synthetic")
+    media = pack_submodule(pack, "anytalk_core.media")
+    speech = synthetic.synth_speech(int(round(seconds * 16000)), seed)
+    media.write_wav(path, speech.waveform, 16000, overwrite=True)
+    return path
+
+
 def save_png(array: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
@@ -937,8 +991,9 @@ def save_png(array: np.ndarray, path: Path) -> Path:
 
 
 def make_env(base: Path, pack=None, frames: int = 12) -> Env:
-    """Folders like ComfyUI's (models/, input/, output/, temp/), a tiny 64-px checkpoint as the bundled demo
-    (demo/anytalk_demo.safetensors) and the media the shipped workflows name, in ``base``."""
+    """Folders like ComfyUI's (models/, input/, output/, temp/), a tiny 64-px checkpoint with a small
+    audio-to-motion part as the bundled demo (demo/anytalk_demo.safetensors) and the media the shipped
+    workflows name, in ``base``."""
     pack = pack or load_pack()
     for sub in ("models/anytalk", "models/liveportrait", "input", "output", "temp", "demo"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -947,6 +1002,7 @@ def make_env(base: Path, pack=None, frames: int = 12) -> Env:
     registry = pack_submodule(pack, "anytalk_core.models.registry")
     torch.manual_seed(1234)
     model = registry.build_model(config.tiny_config(with_discriminator=False)).eval()
+    attach_tiny_audio2motion(pack, model)
     demo = base / "demo" / DEMO_CHECKPOINT.split("/", 1)[1]
     if not demo.exists():
         ckpt.save_checkpoint(model, demo, provenance={"test": "random tiny model"})
@@ -954,6 +1010,7 @@ def make_env(base: Path, pack=None, frames: int = 12) -> Env:
     save_png(portrait(96, 80, seed=4, kind="animal", center=(52, 40), radius=24), base / "input" / CARTOON)
     save_png(portrait(120, 160, seed=5, center=(50, 105), radius=22), base / "input" / PHOTO)
     write_driving_video(pack, base / "input" / DRIVING, frames)
+    write_speech(pack, base / "input" / SPEECH, frames / 25.0)
     write_driving_video(pack, base / "input" / "anytalk_driving_b.mp4", frames, seed=2)
     classes = {**make_core_nodes(HarnessDirs(base)), **pack.NODE_CLASS_MAPPINGS}
     env = Env(pack, base, Executor(classes, pack_type_checks(pack)), classes)

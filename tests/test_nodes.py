@@ -103,7 +103,8 @@ def test_pack_loads_like_comfyui_without_comfyui_or_a_top_level_nodes_module():
     expected = {"AnyTalkExpressionEdit", "AnyTalkLoadModel", "AnyTalkLoadSource", "AnyTalkDetectKeypoints", "AnyTalkEstimateMotion",
                 "AnyTalkMotionEdit", "AnyTalkMotionMix", "AnyTalkMotionSmooth", "AnyTalkTransferMotion",
                 "AnyTalkWarp3D", "AnyTalkGenerate", "AnyTalkPasteBack", "AnyTalkLoadVideo", "AnyTalkLoadAudio",
-                "AnyTalkSaveMotion", "AnyTalkLoadMotion", "AnyTalkAssembleVideo", "AnyTalkAnimate"}
+                "AnyTalkSaveMotion", "AnyTalkLoadMotion", "AnyTalkAssembleVideo", "AnyTalkAnimate",
+                "AnyTalkAudioToMotion"}
     assert set(N) == expected
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == expected
 
@@ -493,6 +494,57 @@ def test_assemble_video_saves_new_files_with_preview_and_audio(env):
 
 
 # --------------------------------------------------------------------------------------------------
+# Audio to Motion
+# --------------------------------------------------------------------------------------------------
+
+def plain_model():
+    """A checkpoint without an audio-to-motion part, loaded through Load Model."""
+    path = comfy.model_dirs("anytalk")[0] / "plain.safetensors"
+    if not path.exists():
+        config = pack_submodule(pack, "anytalk_core.models.config")
+        registry = pack_submodule(pack, "anytalk_core.models.registry")
+        torch.manual_seed(0)
+        pack_submodule(pack, "anytalk_core.checkpoints").save_checkpoint(
+            registry.build_model(config.tiny_config(with_discriminator=False)), path)
+    (m,) = call("AnyTalkLoadModel", checkpoint="plain.safetensors", family="auto", device="cpu", precision="fp32",
+                chunk_size=4)
+    return m
+
+
+def speech_audio(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> dict:
+    synthetic = pack_submodule(pack, "anytalk_core.synthetic")
+    features = pack_submodule(pack, "anytalk_core.audio_features")
+    wave = features.resample(synthetic.synth_speech(int(seconds * 16000), seed).waveform, 16000, rate)
+    return {"waveform": wave.expand(channels, -1)[None].contiguous(), "sample_rate": rate}
+
+
+def test_audio_to_motion_node_makes_motion_for_mix_and_transfer(model, keypoints, motion):
+    m, rest, n = call("AnyTalkAudioToMotion", model=model, audio=speech_audio(0.25, 44100, 2), fps=24.0)
+    assert isinstance(m, Motion) and n == len(m) == 6 and m.fps == 24.0 and len(rest) == 1
+    assert m.family == motion.family and m.num_kp == motion.num_kp
+    # pose from a video, expression from the audio (frame_count = the video's frames)
+    fitted, _, _ = call("AnyTalkAudioToMotion", model=model, audio=speech_audio(0.1), fps=24.0, frame_count=len(motion))
+    (mixed,) = call("AnyTalkMotionMix", motion_a=motion, motion_b=fitted, mode="pose from A, expression from B")
+    assert torch.equal(mixed.yaw, motion.yaw) and torch.equal(mixed.expression, fitted.expression)
+    # relative to the rest motion, silence leaves the portrait as it is
+    kp, _ = keypoints
+    silent, rest, _ = call("AnyTalkAudioToMotion", model=model, audio={"waveform": torch.zeros(1, 1, 8000),
+                                                                          "sample_rate": 16000}, fps=25.0)
+    (driven,) = call("AnyTalkTransferMotion", keypoints=kp, motion=silent, reference_motion=rest)
+    assert torch.allclose(driven.driven, kp.state.keypoints.expand(len(silent), -1, -1), atol=1e-4)
+    (still,) = call("AnyTalkAudioToMotion", model=model, audio=speech_audio(0.25), fps=24.0, expression_strength=0.0,
+                    pose_strength=0.0)[:1]
+    assert torch.allclose(still.expression, rest.expression.expand(6, -1, -1), atol=1e-5)
+    with pytest.raises(AnyTalkError, match=r"AnyTalk Audio to Motion: .*no audio-to-motion weights.*anytalk-train"):
+        call("AnyTalkAudioToMotion", model=plain_model(), audio=speech_audio(0.1), fps=25.0)
+    with pytest.raises(AnyTalkError, match="NaN"):
+        call("AnyTalkAudioToMotion", model=model, audio={"waveform": torch.full((1, 1, 100), float("nan")),
+                                                          "sample_rate": 16000}, fps=25.0)
+    with pytest.raises(AnyTalkError, match="reference_motion comes from a liveportrait model"):
+        call("AnyTalkTransferMotion", keypoints=kp, motion=silent, reference_motion=_other_family(rest))
+
+
+# --------------------------------------------------------------------------------------------------
 # Animate (all in one)
 # --------------------------------------------------------------------------------------------------
 
@@ -507,9 +559,17 @@ def test_animate_all_in_one(model, driving):
                       fps=24.0, audio={"waveform": torch.ones(1, 1, 48000), "sample_rate": 48000})
     assert full.shape == (3, 96, 96, 3)
     assert cache.computed == computed  # another driving clip: the source work is reused
+    speech = speech_audio(0.25, channels=2)
+    talking, sound, _ = call("AnyTalkAnimate", model=model, source_image=src, audio=speech, fps=24.0)
+    assert talking.shape == (6, 64, 64, 3) and sound["waveform"].shape[2] == 4000  # the speech drives the face
+    assert cache.computed == computed
+    mixed, _, _ = call("AnyTalkAnimate", model=model, source_image=src, driving_images=driving, audio=speech,
+                       fps=24.0, audio_drives_expression=True)
+    assert mixed.shape == (6, 64, 64, 3) and not torch.equal(mixed, frames)
     with pytest.raises(AnyTalkError, match="audio-to-motion"):
-        call("AnyTalkAnimate", model=model, source_image=src, audio={"waveform": torch.zeros(1, 1, 10),
-                                                                     "sample_rate": 16000})
+        call("AnyTalkAnimate", model=plain_model(), source_image=src, audio=speech)
+    with pytest.raises(AnyTalkError, match="driving_images .* or speech audio"):
+        call("AnyTalkAnimate", model=model, source_image=src)
     with pytest.raises(AnyTalkError, match="not both"):
         call("AnyTalkAnimate", model=model, source_image=src, driving_images=driving,
              driving_motion=call("AnyTalkEstimateMotion", model=model, images=driving)[0])

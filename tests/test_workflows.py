@@ -157,6 +157,20 @@ def test_pose_edit_workflow_saves_a_reusable_motion(runs, env):
     assert len(motion) == FRAMES and motion.fps == 25.0
 
 
+def test_audio_workflow_moves_the_face_with_the_sound_only(runs, env):
+    prompt = env.api("anytalk_audio_driven")
+    result, _ = runs["anytalk_audio_driven"]
+    motion = result.outputs[_node(prompt, "AnyTalkAudioToMotion")][0]
+    talking = result.outputs[_node(prompt, "AnyTalkGenerate")][0]
+    assert len(motion) == FRAMES and motion.fps == 25.0
+    assert (talking - talking[:1]).abs().max() > 1e-3
+    media.write_wav(env.base / "input" / "anytalk_silence.wav", torch.zeros(1, FRAMES * 640), 16000, overwrite=True)
+    prompt[_node(prompt, "AnyTalkLoadAudio")]["inputs"]["audio"] = "anytalk_silence.wav"
+    silent = env.fresh_executor().execute(prompt)
+    still = silent.outputs[_node(prompt, "AnyTalkGenerate")][0]
+    assert (still - still[:1]).abs().max() < 1e-4  # silence = the network's rest face: the portrait stays still
+
+
 def test_running_a_workflow_again_never_overwrites(env):
     prompt = env.api("anytalk_cross_domain")
     assemble = _node(prompt, "AnyTalkAssembleVideo")

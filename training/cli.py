@@ -7,6 +7,8 @@ Examples::
     anytalk-train training/configs/stage1.toml --resume            # continue runs/<name> from its last checkpoint
     torchrun --nproc_per_node 8 -m anytalk_training.cli training/configs/stage1.toml
     anytalk-train training/configs/smoke.toml --export --out demo.safetensors   # inference checkpoint of the last state
+    anytalk-train training/configs/audio2motion.toml model.init_from=vox.safetensors data.sources.0.path=/data/talking
+    anytalk-train training/configs/audio2motion_demo.toml model.init_from=assets/demo/anytalk_demo.safetensors
 
 Every problem found before training (bad config key, missing data folder, missing or corrupt weights or
 checkpoint) is printed as one ``anytalk-train: error: ...`` line with exit status 2.
@@ -21,7 +23,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anytalk-train", description="Train AnyTalk (face-vid2vid family) talking-head models.",
+    p = argparse.ArgumentParser(prog="anytalk-train", description="Train AnyTalk (face-vid2vid family) talking-head models, or their audio-to-motion part (task = \"audio2motion\").",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1])
     p.add_argument("config", help="TOML config (see training/configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(public(config), indent=2))
             return 0
         resume = args.resume_from or args.resume
+        if config.get("task") == "audio2motion":  # audio-to-motion training (training/audio2motion.py)
+            from . import audio2motion as a2m
+
+            Trainer, export_from_checkpoint = a2m.AudioMotionTrainer, a2m.export_from_checkpoint  # noqa: N806
         if args.export:
             path = export_from_checkpoint(config, args.resume_from, args.out)
             if path:

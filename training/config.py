@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "parse_override", "config_hash"]
+__all__ = ["DEFAULTS", "AUDIO2MOTION_DEFAULTS", "ConfigError", "load_config", "apply_overrides", "parse_override", "config_hash"]
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,12 @@ DEFAULTS: dict[str, Any] = {
         "sigma_tps": 0.005,
         "points_tps": 5,
     },
+    "keypoint_supervision": {
+        # NOT a loss of the paper (0 = off, as the seed): weight * mean |(x, y) of keypoint k - landmark k|
+        # on data with ground-truth landmarks (the synthetic renderer; training/synthetic_source.py
+        # SUPERVISED_LANDMARKS), for source and driving keypoints. Anchors keypoints semantically in short runs.
+        "weight": 0.0,
+    },
     "keypoint_prior": {
         "weight": 10.0,  # lambda_dist
         "distance_threshold": 0.1,  # D_t
@@ -126,8 +132,64 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# The audio-to-motion task (``task = "audio2motion"`` at the top of a config; training/audio2motion.py):
+# (audio, motion) pairs -> the ``audio2motion.`` part of an inference checkpoint.
+AUDIO2MOTION_DEFAULTS: dict[str, Any] = {
+    "task": "audio2motion",
+    "name": "audio2motion",
+    "output_dir": "",  # "" -> runs/<name>
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "threads": 0,
+    "deterministic": True,
+    "model": {
+        # the inference checkpoint whose motion estimator gives the targets (target.kind = motion_estimator);
+        # the export writes it again with the audio-to-motion part added, into a new file
+        "init_from": "",
+        "audio2motion": {},  # AudioToMotionConfig fields: dim, depth, heads, radius, context, n_mels, features, ...
+    },
+    "target": {
+        "kind": "motion_estimator",  # motion_estimator (the base model's M over the clips' frames) | synthetic
+        "pose": True,  # also predict head pose (yaw, pitch, roll, translation)
+        "params": [],  # renderer expression fields predicted as well (synthetic sources), e.g. ["jaw_open"]
+    },
+    "train": {
+        "steps": 2000,
+        "batch_size": 16,  # clips per step
+        "clip_frames": 64,  # video frames per training clip
+        "lr": 1.0e-3,
+        "weight_decay": 0.01,
+        "lr_milestones": [],  # steps at which the learning rate is multiplied by lr_gamma
+        "lr_gamma": 0.1,
+        "stop_after": 0,  # stop after this many steps in total (0 = the whole schedule)
+        "checkpoint_every": 500,
+        "log_every": 25,
+        "eval_every": 500,  # steps between held-out evaluations (0 = only at the end)
+        "progress": True,
+        "export": True,  # write <run>/model.safetensors (model.init_from + audio2motion) at the end
+    },
+    "loss": {
+        "expression": 1.0,
+        "pose": 0.1,
+        "params": 1.0,
+        "velocity": 0.5,  # L1 on frame-to-frame differences (crisp mouth movement)
+    },
+    "augment": {
+        "noise": 0.01,  # largest RMS of added white noise (the audio is normalised to RMS ~0.1)
+        "gain_db": 6.0,  # random gain +- this many dB
+    },
+    "data": {
+        "fps": 25.0,  # frame rate of synthetic clips (videos keep their own)
+        "cache_dir": "",  # motion-estimator targets per clip; "" -> <output_dir>/motion_cache
+        "sources": [],  # [[data.sources]]: kind = "synthetic" or "video_folder" (see training/audio2motion.py)
+        "val_sources": [],  # held-out clips, same kinds: evaluated every train.eval_every steps and at the end
+    },
+}
+
+TASKS = {"talking_head": DEFAULTS, "audio2motion": AUDIO2MOTION_DEFAULTS}
+
 # Keys whose value is a free-form table (not checked against DEFAULTS).
-_FREE_FORM = {("model", "overrides")}
+_FREE_FORM = {("model", "overrides"), ("model", "audio2motion")}
 
 
 def _check_keys(config: dict, defaults: dict, path: tuple[str, ...] = ()) -> None:
@@ -145,9 +207,9 @@ def _check_keys(config: dict, defaults: dict, path: tuple[str, ...] = ()) -> Non
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a table, got {value!r}")
             _check_keys(value, default, path + (key,))
-        elif key == "sources":
+        elif key in ("sources", "val_sources"):
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise ConfigError(f"{where} must be a list of tables ([[data.sources]])")
+                raise ConfigError(f"{where} must be a list of tables ([[data.{key}]])")
         else:
             _check_type(where, value, default)
 
@@ -251,14 +313,37 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not a valid TOML file ({exc})") from None
-    _check_keys(data, DEFAULTS)
-    config = _merge(DEFAULTS, data)
+    task = str(data.get("task", "talking_head"))
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        if parts == ["task"]:
+            task = str(value)
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    defaults = TASKS[task]
+    if task == "talking_head":
+        data.pop("task", None)  # the talking-head config has no task key (its stored form is unchanged)
+    _check_keys(data, defaults)
+    config = _merge(defaults, data)
     if overrides:
-        config = apply_overrides(config, overrides)
-        _check_keys(config, DEFAULTS)
+        config = apply_overrides(config, [o for o in overrides if parse_override(o)[0] != ["task"]])
+        _check_keys(config, defaults)
     config["_config_path"] = str(path) if path is not None else ""
-    _validate(config)
+    (_validate if task == "talking_head" else _validate_audio2motion)(config)
     return config
+
+
+def _validate_audio2motion(config: dict) -> None:
+    t = config["train"]
+    for key in ("steps", "batch_size", "clip_frames"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if config["target"]["kind"] not in ("motion_estimator", "synthetic"):
+        raise ConfigError(f"target.kind must be motion_estimator or synthetic, got {config['target']['kind']!r}")
+    if not config["data"]["fps"] > 0:
+        raise ConfigError(f"data.fps must be positive, got {config['data']['fps']}")
+    if not config["data"]["sources"]:
+        raise ConfigError("no training data: add [[data.sources]] tables (kind = \"synthetic\" or \"video_folder\")")
 
 
 def _validate(config: dict) -> None:

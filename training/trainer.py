@@ -160,7 +160,10 @@ def load_initial_weights(model: nn.Module, path: str, log) -> tuple[dict, "objec
         if not os.path.exists(path):
             raise SetupError(f"model.init_from: {path}: file not found")
         state = dict(read_weights(path, "face_vid2vid").state)
-    gen_state = {k: v for k, v in state.items() if not k.startswith("discriminator.")}
+    # An audio-to-motion part predicts this model's current motion estimator: it is not carried over (retrain it
+    # on the new model with training/configs/audio2motion.toml).
+    dropped_audio = any(k.startswith("audio2motion.") for k in state)
+    gen_state = {k: v for k, v in state.items() if not k.startswith(("discriminator.", "audio2motion."))}
     holder = nn.Module()
     for name in GENERATOR_MODULES:
         setattr(holder, name, getattr(model, name))
@@ -180,6 +183,8 @@ def load_initial_weights(model: nn.Module, path: str, log) -> tuple[dict, "objec
             note += ", discriminator does not fit: initialised fresh"
     else:
         note += ", no discriminator in the file: initialised fresh"
+    if dropped_audio:
+        note += ", audio-to-motion part not carried over (retrain it: training/configs/audio2motion.toml)"
     log(f"init_from {path}: {note}")
     return {"path": os.path.abspath(path), "note": note}, train_state
 
@@ -251,6 +256,13 @@ class GeneratorSide(nn.Module):
         if k["weight"]:
             losses["keypoint_prior"] = L.keypoint_prior_loss(kp_d, float(k["weight"]), float(k["distance_threshold"]),
                                                              float(k["depth_target"]))
+
+        ks = float(cfg["keypoint_supervision"]["weight"])
+        if ks and "landmarks" in batch:
+            mask = batch["has_landmarks"]
+            losses["keypoint_supervision"] = 0.5 * (
+                L.keypoint_supervision_loss(kp_d, batch["landmarks"], ks, mask)
+                + L.keypoint_supervision_loss(kp_s, batch["source_landmarks"], ks, mask))
 
         if setup.pose_mode != "none":
             angles = torch.stack([motion_d.yaw, motion_d.pitch, motion_d.roll], dim=1)

@@ -9,7 +9,19 @@ import torch.nn as nn
 
 from ..geometry import convex_hull_volume, euler_to_rotation_matrix, transform_keypoints
 from ..motion import Motion, interpolate
+from .audio2motion import AudioToMotion
 from .config import ModelConfig
+from .stitching import Unavailable
+
+NO_AUDIO2MOTION_FIX = ("train one with `anytalk-train training/configs/audio2motion.toml model.init_from=<this "
+                       "checkpoint>`, or use a checkpoint that has one (e.g. the bundled demo)")
+
+
+def build_audio2motion(config: ModelConfig) -> nn.Module:
+    """The optional audio-to-motion part a config describes, or a stand-in that explains how to get one."""
+    if config.audio2motion is None:
+        return Unavailable("audio-to-motion", NO_AUDIO2MOTION_FIX)
+    return AudioToMotion(config.audio2motion)
 
 
 def return_freed_memory() -> None:
@@ -71,6 +83,12 @@ class TalkingHeadModel(nn.Module, abc.ABC):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.audio2motion = build_audio2motion(config)
+
+    @property
+    def has_audio2motion(self) -> bool:
+        """Whether the checkpoint carried an audio-to-motion part (``audio2motion.`` weights)."""
+        return isinstance(self.audio2motion, AudioToMotion)
 
     # --- family hooks ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -115,6 +115,51 @@ class DiscriminatorConfig:
 
 
 @dataclass
+class AudioToMotionConfig:
+    """Audio-to-motion network (SPEC §6): speech features -> per-video-frame expression deltas and head pose.
+
+    Features are ``feature_dim`` values at ``feature_rate`` per second (log-mel by default, or a speech
+    encoder's hidden states); each video frame sees ``context`` feature frames either side of its centre.
+    A banded transformer (each frame attends to ``radius`` frames either side) gives a bounded receptive
+    field, so long audio streams in windows with exactly the same result. Outputs per frame: expression
+    deltas (``num_kp`` x 3), optionally head pose (yaw, pitch, roll in degrees and translation; plus scale
+    when ``with_scale``) and optionally named scalar ``params`` (e.g. the synthetic renderer's ``jaw_open``).
+    """
+
+    family: str = "face_vid2vid"
+    num_kp: int = 15
+    predict_pose: bool = True
+    with_scale: bool = False
+    params: tuple[str, ...] = ()
+    features: str = "log_mel"  # log_mel | speech_encoder
+    n_mels: int = 80
+    encoder_path: str = ""  # speech_encoder: a local Hugging Face model folder (wav2vec 2.0 / HuBERT)
+    encoder_layer: int = -1
+    feature_dim: int = 80
+    feature_rate: float = 100.0  # feature frames per second
+    context: int = 8
+    frontend_channels: int = 64
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+    radius: int = 12  # attention reaches this many video frames either side
+    ff_mult: int = 2
+    dropout: float = 0.1
+    position_kernel: int = 5
+
+    def __post_init__(self) -> None:
+        self.params = tuple(self.params)
+
+    @property
+    def pose_size(self) -> int:
+        return (7 if self.with_scale else 6) if self.predict_pose else 0
+
+    @property
+    def output_size(self) -> int:
+        return 3 * self.num_kp + self.pose_size + len(self.params)
+
+
+@dataclass
 class ModelConfig:
     """Everything needed to rebuild a model; stored as JSON in checkpoint metadata."""
 
@@ -128,10 +173,14 @@ class ModelConfig:
     dense_motion: DenseMotionConfig = field(default_factory=DenseMotionConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig | None = None
+    audio2motion: AudioToMotionConfig | None = None  # optional part (checkpoint prefix ``audio2motion.``)
     extra: dict[str, Any] = field(default_factory=dict)  # family-specific settings
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["audio2motion"] is None:  # files without the audio part stay readable by earlier versions
+            del out["audio2motion"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -173,6 +222,7 @@ _NESTED = {
     ("ModelConfig", "dense_motion"): DenseMotionConfig,
     ("ModelConfig", "generator"): GeneratorConfig,
     ("ModelConfig", "discriminator"): DiscriminatorConfig,
+    ("ModelConfig", "audio2motion"): AudioToMotionConfig,
 }
 
 
