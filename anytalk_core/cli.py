@@ -31,7 +31,8 @@ def _finite(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (shared by every command line of the project)."""
     try:
         value = int(text)
     except ValueError:
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--crop", default="full", help="source crop: full, auto or X,Y,W,H")
     a.add_argument("--driving-crop", default="full", help="driving crop: full, auto or X,Y,W,H")
     a.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the full source")
-    a.add_argument("--chunk", type=_positive_int, default=8, help="frames per chunk (bounds memory)")
+    a.add_argument("--chunk", type=positive_int, default=8, help="frames per chunk (bounds memory)")
     a.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--source", default=None, help="portrait to use instead of the bundled cartoon animal")
     d.add_argument("--driving", default=None, help="driving video to use instead of the bundled clip")
     d.add_argument("--format", choices=("mp4", "webm", "gif"), default="mp4", help="video format (default mp4)")
-    d.add_argument("--tile", type=_positive_int, default=256, help="pixel size of each panel of the video (default 256)")
+    d.add_argument("--tile", type=positive_int, default=256, help="pixel size of each panel of the video (default 256)")
     d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     d.add_argument("--quiet", action="store_true", help="no progress bar")

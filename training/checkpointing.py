@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -264,3 +265,29 @@ def restore_train_state(state: TrainState, model: torch.nn.Module, optimizers: d
         scaler.load_state_dict(scaler_state)
     if restore_rng_states:
         restore_rng(state.tensors, json.loads(state.meta["rng"]))
+
+
+def install_interrupt_handlers(run) -> dict | None:
+    """SIGINT/SIGTERM for a training run: the first sets ``run._interrupted`` (finish the step, save a
+    checkpoint, stop), the second stops at once. Returns the previous handlers (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):  # noqa: ARG001
+        if run._interrupted:  # second signal: stop now
+            raise KeyboardInterrupt
+        run._interrupted = True
+        run.log("interrupt received: finishing this step and saving a checkpoint (again to stop at once)")
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    return old
+
+
+def restore_signal_handlers(old: dict | None) -> None:
+    if old:
+        for s, h in old.items():
+            signal.signal(s, h)

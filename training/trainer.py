@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from anytalk_core.models.registry import build_model, get_family
 
 from . import losses as L
 from .checkpointing import (
+    install_interrupt_handlers,
+    restore_signal_handlers,
     EpochMultiStepLR,
     TrainStateError,
     read_train_state,
@@ -934,27 +935,9 @@ class Trainer:
 
     # ----- signals -----------------------------------------------------------------------------------
     def _install_signal_handlers(self):
-        import threading
+        return install_interrupt_handlers(self)
 
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):  # noqa: ARG001
-            if self._interrupted:  # second signal: stop now
-                raise KeyboardInterrupt
-            self._interrupted = True
-            self.log("interrupt received: finishing this step and saving a checkpoint (again to stop at once)")
-
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, handler)
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        if old:
-            for s, h in old.items():
-                signal.signal(s, h)
+    _restore_signal_handlers = staticmethod(restore_signal_handlers)
 
     def close(self) -> None:
         if self._log_file is not None:
