@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _chunks(frames: torch.Tensor | Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+def rechunk(frames: torch.Tensor | Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     """Re-chunk a tensor (N, ...) or an iterable of tensors (n_i, ...) into pieces of ``size`` frames."""
     if isinstance(frames, torch.Tensor):
         for start in range(0, frames.shape[0], size):
@@ -148,7 +148,7 @@ class Engine:
         """Motion of every driving frame, streamed in chunks (frames in any layout accepted by to_model_input)."""
         total = total if total is not None else (frames.shape[0] if isinstance(frames, torch.Tensor) else 0)
         parts, done = [], 0
-        for chunk in _chunks(frames, self.config.chunk_size):
+        for chunk in rechunk(frames, self.config.chunk_size):
             self._check_cancel(cancel)
             parts.append(self.model.estimate_motion(to_model_input(chunk).to(self.device)).to("cpu"))
             done += chunk.shape[0]
@@ -192,7 +192,7 @@ class Engine:
         """Yield generated frames (n, 3, H, W) float32 on the CPU, chunk by chunk, for driven keypoints (N, K, 3)."""
         total = keypoints.shape[0]
         done = 0
-        for kp in _chunks(keypoints, self.config.chunk_size):
+        for kp in rechunk(keypoints, self.config.chunk_size):
             self._check_cancel(cancel)
             frames = self.decode_chunk(source, kp)
             done += kp.shape[0]

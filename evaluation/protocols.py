@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from anytalk_core.crop import apply_crop, crop_full
-from anytalk_core.engine import Engine
+from anytalk_core.engine import Engine, rechunk
 from anytalk_core.media import iter_video_frames, load_image
 from anytalk_core.models.base import TransferOptions
 
@@ -151,21 +151,6 @@ def iter_clip(clip: Clip, chunk: int = 8, max_frames: int | None = None) -> Iter
             yield piece
         if left is not None and left <= 0:
             return
-
-
-def _rechunk(pieces: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    pending: list[torch.Tensor] = []
-    count = 0
-    for piece in pieces:
-        pending.append(piece)
-        count += piece.shape[0]
-        while count >= size:
-            joined = torch.cat(pending)
-            yield joined[:size]
-            rest = joined[size:]
-            pending, count = ([rest] if rest.shape[0] else []), rest.shape[0]
-    if count:
-        yield torch.cat(pending)
 
 
 def _skip_first(pieces: Iterable[torch.Tensor], n: int = 1) -> Iterator[torch.Tensor]:
@@ -430,7 +415,7 @@ def evaluate_reconstruction(engine: Engine, clips: list[Clip], backends: Backend
         source_embedding = None
         if backends.active("csim"):
             source_embedding = backends.embed(_u8(source_frame))[0]
-        truth = _rechunk(_skip_first(iter_clip(clip, engine.config.chunk_size, max_frames), 1), engine.config.chunk_size)
+        truth = rechunk(_skip_first(iter_clip(clip, engine.config.chunk_size, max_frames), 1), engine.config.chunk_size)
         for generated, real in zip(engine.render(state, keypoints), truth):
             acc.update(_u8(generated), _u8(to_model_frames(real, size)), source_embedding)
         used += 1
@@ -513,8 +498,8 @@ def evaluate_folders(generated: list[Clip], reference: list[Clip], backends: Bac
             raise ValueError(f"landmark arrays differ in shape: {lm_gen.shape} and {lm_ref.shape}")
         akd_manual.add(average_keypoint_distance(lm_gen, lm_ref))  # type: ignore[union-attr]
     for gen_clip, ref_clip in pairs:
-        gen_iter = _rechunk(iter_clip(gen_clip, chunk), chunk)
-        ref_iter = _rechunk(iter_clip(ref_clip, chunk), chunk)
+        gen_iter = rechunk(iter_clip(gen_clip, chunk), chunk)
+        ref_iter = rechunk(iter_clip(ref_clip, chunk), chunk)
         n = 0
         for g, r in itertools.zip_longest(gen_iter, ref_iter):
             if g is None or r is None or g.shape[0] != r.shape[0]:

@@ -19,7 +19,8 @@ from anytalk_core.models.registry import build_model
 from anytalk_core.synthetic import render_clip, sample_identity
 from anytalk_eval.cli import main
 from anytalk_eval.metrics.lpips import LPIPS
-from anytalk_eval.protocols import _rechunk, iter_clip, list_clips, pair_up
+from anytalk_core.engine import rechunk
+from anytalk_eval.protocols import iter_clip, list_clips, pair_up
 
 DATA = Path(__file__).resolve().parent / "data"
 # weights-free runs: every network metric must be reported as skipped, whatever is installed
@@ -192,7 +193,7 @@ def test_clip_listing_and_streaming_helpers(files):
     assert [f.shape[0] for f in frames] == [3, 1] and frames[0].dtype == torch.uint8
     assert [f.shape[0] for f in iter_clip(clips[0], chunk=2, max_frames=3)] == [2, 1]
     pieces = [torch.zeros(n, 1) for n in (1, 4, 2)]
-    assert [p.shape[0] for p in _rechunk(pieces, 3)] == [3, 3, 1]
+    assert [p.shape[0] for p in rechunk(pieces, 3)] == [3, 3, 1]
     assert pair_up([0, 1], [0, 1, 2], "cycle") == [(0, 0), (1, 1), (0, 2)]
     assert len(pair_up([0, 1], [0, 1, 2], "all")) == 6
 
