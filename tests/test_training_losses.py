@@ -246,3 +246,41 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_model(tiny_config(), with_discriminator=True)
+
+
+# ------------------------------------------------------------------------------------------------ warp (not in the seed)
+
+def _identity_field(b: int, d: int, h: int, w: int) -> torch.Tensor:
+    from anytalk_core.geometry import coordinate_grid_3d
+
+    return coordinate_grid_3d(d, h, w).unsqueeze(0).expand(b, d, h, w, 3).clone()
+
+
+def test_warp_loss_is_zero_for_the_identity_field_and_finds_a_shift():
+    torch.manual_seed(0)
+    source = F.avg_pool2d(torch.rand(2, 3, 36, 36), 3, stride=1, padding=1)[..., 2:34, 2:34]  # smooth (2, 3, 32, 32)
+    identity = _identity_field(2, 4, 8, 8)
+    assert L.warp_loss(source, source, identity, 3.0, [1.0, 0.5]) == pytest.approx(0.0, abs=1e-6)
+
+    # the driving frame shows the source moved 4 pixels left: the field that samples 4 pixels further right
+    driving = torch.cat([source[..., 4:], source[..., -1:].expand(-1, -1, -1, 4)], dim=-1)
+    shifted = identity.clone()
+    shifted[..., 0] += 4 * 2 / 31
+    assert float(L.warp_loss(source, driving, shifted, 1.0, [1.0])) < 1e-6
+    assert float(L.warp_loss(source, driving, identity, 1.0, [1.0])) > 0.05
+
+    field = identity.clone().requires_grad_(True)  # the gradient points the field the right way
+    L.warp_loss(source, driving, field, 1.0, [1.0, 0.5, 0.25]).backward()
+    assert float(field.grad[..., 0].sum()) < 0 and field.grad[..., 2].abs().max() == 0  # depth has no say
+
+
+def test_warp_loss_scales_with_its_weight_and_averages_scales():
+    torch.manual_seed(1)
+    source, driving = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    field = _identity_field(1, 2, 4, 4)
+    one = L.warp_loss(source, driving, field, 1.0, [1.0])
+    assert float(L.warp_loss(source, driving, field, 5.0, [1.0])) == pytest.approx(5 * float(one))
+    assert float(one) == pytest.approx(float((source - driving).abs().mean()), rel=1e-5)
+    half = F.interpolate(source, size=(8, 8), mode="area") - F.interpolate(driving, size=(8, 8), mode="area")
+    both = L.warp_loss(source, driving, field, 1.0, [1.0, 0.5])
+    assert float(both) == pytest.approx(0.5 * (float(one) + float(half.abs().mean())), rel=1e-5)

@@ -299,3 +299,55 @@ def test_init_from_an_inference_checkpoint_or_a_training_state(straight_run, tmp
     with pytest.raises(Exception, match="init_optimizers = true needs a training checkpoint"):
         Trainer(load_config(cfg, [f"model.init_from={tmp / 'run' / 'model.safetensors'}", "model.init_optimizers=true"]),
                 log_stream=open(os.devnull, "w"))
+
+
+def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume(tmp_path, regressor):
+    """The warm-up (not in the paper) fits M and the canonical keypoints to renderer ground truth, the same way
+    for a seed; the rest of the model is untouched; a resumed run neither repeats it nor loses its report."""
+    from anytalk_core.models.registry import build_model
+    from anytalk_training.trainer import build_model_config
+    from anytalk_training.warmup import warm_up_motion
+
+    cfg = load_config(write_config(tmp_path / "w.toml", base_config(tmp_path / "unused", regressor)),
+                      ["motion_warmup.steps=3", "motion_warmup.batch_size=2", "motion_warmup.val_images=3",
+                       "keypoint_supervision.weight=5"])
+
+    def warmed(keypoints: bool):
+        torch.manual_seed(0)
+        model = build_model(build_model_config(cfg))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        c = dict(cfg, motion_warmup=dict(cfg["motion_warmup"], keypoints=keypoints))
+        report = warm_up_motion(model, c, ["human", "animal"], 64, torch.device("cpu"), log=lambda m: None)
+        return before, model.state_dict(), report
+
+    before, after, report = warmed(True)
+    changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert changed == {"motion", "keypoints"}
+    assert report["steps"] == 3 and report["images"] == 6 and len(report["held_out"]["pose_mae_deg_after"]) == 3
+    _, again, report_again = warmed(True)
+    assert all(torch.equal(after[k], again[k]) for k in after)
+    assert report_again["held_out"] == report["held_out"]
+    _, motion_only, _ = warmed(False)
+    assert all(torch.equal(before[k], motion_only[k]) for k in before if k.startswith("keypoints."))
+
+    run = tmp_path / "run"
+    path = write_config(tmp_path / "r.toml", base_config(run, regressor, epochs=1))
+    overrides = ["motion_warmup.steps=2", "motion_warmup.batch_size=2", "motion_warmup.val_images=2"]
+    train_in_process(path, *overrides, "train.stop_after=1")
+    first = json.loads((run / "run_info.json").read_text())["run"]["motion_warmup"]
+    assert first["steps"] == 2
+    train_in_process(path, *overrides, resume=True)
+    assert json.loads((run / "run_info.json").read_text())["run"]["motion_warmup"] == first
+
+    video_only = base_config(tmp_path / "v", regressor)
+    video_only["data"] = {"sources": [{"kind": "video_folder", "path": str(tmp_path)}]}
+    with pytest.raises(Exception, match="motion_warmup.steps > 0 needs renderer ground truth"):
+        load_config(write_config(tmp_path / "v.toml", video_only), overrides)
+    with pytest.raises(Exception, match="motion_warmup: steps must be >= 0"):
+        load_config(path, ["motion_warmup.steps=-1"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "training" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config["name"] and config["data"]["sources"]

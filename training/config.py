@@ -84,6 +84,23 @@ DEFAULTS: dict[str, Any] = {
         # SUPERVISED_LANDMARKS), for source and driving keypoints. Anchors keypoints semantically in short runs.
         "weight": 0.0,
     },
+    "warp": {
+        # NOT a loss of the paper (0 = off, as the seed): weight * L1 between the source image warped by the dense
+        # motion network's deformation and the driving frame, over blurred scales (training/losses.py warp_loss).
+        "weight": 0.0,
+        "scales": [1.0, 0.5, 0.25],
+    },
+    "motion_warmup": {
+        # NOT a stage of the paper (0 steps = off, as the seed): before the GAN training, the motion estimator
+        # (and, with keypoints = true, the canonical keypoint detector) fits the renderer's ground truth on fresh
+        # synthetic stills: head pose, keypoint supervision (its weight above), deformation prior. training/warmup.py
+        "steps": 0,
+        "batch_size": 32,
+        "lr": 1.0e-3,
+        "keypoints": True,
+        "log_every": 100,
+        "val_images": 128,
+    },
     "keypoint_prior": {
         "weight": 10.0,  # lambda_dist
         "distance_threshold": 0.1,  # D_t
@@ -369,6 +386,15 @@ def _validate(config: dict) -> None:
         raise ConfigError("perceptual.fallback must be '' or 'pixel_pyramid_l1'")
     if not config["perceptual"]["scales"] or any(not 0 < s <= 1 for s in config["perceptual"]["scales"]):
         raise ConfigError("perceptual.scales must be a non-empty list of factors in (0, 1]")
+    w = config["motion_warmup"]
+    if w["steps"] < 0 or w["batch_size"] < 1 or w["val_images"] < 1 or not w["lr"] > 0:
+        raise ConfigError("motion_warmup: steps must be >= 0, batch_size and val_images >= 1, lr > 0")
+    if w["steps"] > 0 and not any(s.get("kind") == "synthetic" for s in config["data"]["sources"]):
+        raise ConfigError("motion_warmup.steps > 0 needs renderer ground truth: add a [[data.sources]] table with "
+                          "kind = \"synthetic\", or set motion_warmup.steps = 0")
+    if config["warp"]["weight"] < 0 or not config["warp"]["scales"] \
+            or any(not 0 < s <= 1 for s in config["warp"]["scales"]):
+        raise ConfigError("warp: weight must be >= 0 and scales a non-empty list of factors in (0, 1]")
     if len(config["head_pose"]["ground_truth_signs"]) != 3:
         raise ConfigError("head_pose.ground_truth_signs must be three numbers (yaw, pitch, roll)")
 

@@ -276,6 +276,10 @@ class GeneratorSide(nn.Module):
                 mask = torch.ones_like(mask)
             losses["head_pose"] = L.head_pose_loss(angles, target.detach(), float(cfg["head_pose"]["weight"]), mask)
 
+        w = cfg["warp"]
+        if w["weight"]:
+            losses["warp"] = L.warp_loss(src, drv, out["deformation"], float(w["weight"]), [float(x) for x in w["scales"]])
+
         d = cfg["deformation_prior"]
         if d["weight"]:
             w = L.deformation_prior_weight(epoch, float(d["weight"]), int(d["decay_start_epoch"]),
@@ -423,6 +427,7 @@ class Trainer:
             if cfg["model"]["init_optimizers"] and init_state is None:
                 raise SetupError("model.init_optimizers = true needs a training checkpoint (checkpoints/*.safetensors "
                                  "of a run) in model.init_from, not an inference checkpoint")
+        self.warmup_report = self._motion_warmup(resume_path)
         self.sync_bn = self._want_sync_bn()
         if self.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -462,6 +467,27 @@ class Trainer:
 
         self._setup_logging_outputs(resume_path is not None)
         self._write_run_info()
+
+    def _motion_warmup(self, resume_path: Path | None) -> dict | None:
+        """Run the motion warm-up (training/warmup.py) on a new run; a resumed run keeps its first report."""
+        if int(self.cfg["motion_warmup"]["steps"]) <= 0:
+            return None
+        if resume_path is not None:
+            try:
+                return json.loads((self.run_dir / "run_info.json").read_text(encoding="utf-8"))["run"]["motion_warmup"]
+            except (OSError, ValueError, KeyError):
+                return None
+        from .synthetic_source import DOMAINS
+        from .warmup import warm_up_motion
+
+        domains: list[str] = []  # config validation made sure there is a synthetic source
+        for source in self.cfg["data"]["sources"]:
+            if source.get("kind") == "synthetic":
+                domains += [d for d in source.get("domains") or DOMAINS if d not in domains]
+
+        torch.manual_seed(int(self.cfg["seed"]))
+        self.model.to(self.device)
+        return warm_up_motion(self.model, self.cfg, domains, self.image_size, self.device, self.log)
 
     def _setup_amp(self) -> None:
         amp = self.cfg["train"]["amp"]
@@ -604,7 +630,7 @@ class Trainer:
             "sync_batchnorm": self.sync_bn, "global_batch": self.global_batch, "accumulate": self.accumulate,
             "micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "image_size": self.image_size, "data": self.dataset.describe(), "domains": self.dataset.domains,
-            "losses": self.losses.info, "init_from": self.init_info,
+            "losses": self.losses.info, "init_from": self.init_info, "motion_warmup": self.warmup_report,
             "model_parameters": sum(p.numel() for n in GENERATOR_MODULES for p in getattr(self.model, n).parameters()),
             "discriminator_parameters": sum(p.numel() for p in self.model.discriminator.parameters()),
         }
