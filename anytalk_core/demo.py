@@ -68,20 +68,32 @@ def demo_motion(n_frames: int, fps: float, rng: np.random.Generator):
     return pose, expr, speech
 
 
+def demo_driving(size: int = 256, seconds: float = 4.0, fps: float = 25.0, head_motion: bool = True):
+    """The demo driver rendered directly: ``(frames (N, 3, size, size) in 0..1, true jaw opening (N,), speech)``.
+
+    With ``head_motion=False`` the same talking face holds still (frontal), which isolates the mouth."""
+    from .synthetic import EXPRESSION_FIELDS, render_sequence, sample_identity
+
+    driver_identity = sample_identity("human", np.random.default_rng(_DRIVER_SEED))
+    pose, expr, speech = demo_motion(int(round(seconds * fps)), fps, np.random.default_rng(_DRIVER_SEED))
+    if not head_motion:
+        pose[:, :5] = 0.0
+    frames = render_sequence(driver_identity, pose, expr, size).images.permute(0, 3, 1, 2).contiguous()
+    return frames, expr[:, EXPRESSION_FIELDS.index("jaw_open")].clone(), speech
+
+
 def make_demo_inputs(out_dir: str | Path, size: int = 256, seconds: float = 4.0, fps: float = 25.0) -> tuple[Path, Path]:
     """Render the bundled source (cartoon animal, frontal, neutral) and driving clip (human, talking)."""
-    from .synthetic import render, render_sequence, sample_identity
+    from .synthetic import render, sample_identity
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source_identity = sample_identity("animal", np.random.default_rng(_SOURCE_SEED))
-    driver_identity = sample_identity("human", np.random.default_rng(_DRIVER_SEED))
-    n = int(round(seconds * fps))
-    pose, expr, speech = demo_motion(n, fps, np.random.default_rng(_DRIVER_SEED))
     source = render(source_identity, size=size).image
     source_path = unique_path(out / DEMO_SOURCE) if (out / DEMO_SOURCE).exists() else out / DEMO_SOURCE
     save_image(source, source_path)
-    frames = render_sequence(driver_identity, pose, expr, size).images
+    frames, _, speech = demo_driving(size, seconds, fps)
+    frames = frames.permute(0, 2, 3, 1)
     driving_path = unique_path(out / DEMO_DRIVING) if (out / DEMO_DRIVING).exists() else out / DEMO_DRIVING
     audio = {"waveform": speech.waveform[None], "sample_rate": speech.sample_rate}
     with VideoWriter(driving_path, fps=fps, audio=audio) as writer:
@@ -116,6 +128,31 @@ def contact_sheet(driving: torch.Tensor, generated: torch.Tensor, source: torch.
             x = gap + (c + 1) * (tile + gap)
             sheet[:, y:y + tile, x:x + tile] = row[c]
     return sheet.permute(1, 2, 0)
+
+
+def demo_frames(checkpoint: str | Path | None = None, source: str | Path | None = None,
+                driving: str | Path | torch.Tensor | None = None, device: str = "cpu",
+                fps: float = 25.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The demo in memory at the model's own size: ``(driving, generated)``, each (N, 3, S, S) in 0..1.
+
+    ``driving``: a video file (default: the bundled clip) or frames (N, 3, H, W) in 0..1 at ``fps``."""
+    from .checkpoints import load_model
+    from .models.base import TransferOptions
+
+    model = load_model(str(Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)))
+    size = model.config.image_size
+    engine = Engine(model, EngineConfig(device=device))
+    source_image = load_image(Path(source) if source else demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
+    if isinstance(driving, torch.Tensor):
+        frames = _resize(driving.float(), size)
+    else:
+        driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
+        fps = probe_video(driving).fps
+        frames = torch.cat([_resize(c.permute(0, 3, 1, 2).float() / 255, size)
+                            for c in iter_video_frames(driving, fps=fps, chunk=16)])
+    generated = torch.cat([g.float().cpu().clamp(0, 1) for g in
+                           engine.animate(_resize(source_image, size), frames, TransferOptions(), fps=fps)])
+    return frames, generated
 
 
 def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, source: str | Path | None = None,

@@ -191,3 +191,52 @@ def test_coordinate_conventions():
     torch.testing.assert_close(ann.pose_abs_error(torch.tensor([[179.0, 0, 0]]), torch.tensor([[-179.0, 0, 0]])),
                                torch.tensor([[2.0, 0, 0]]))
     assert bench.psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1)).item() == pytest.approx(20.0)
+
+
+# ------------------------------------------------------------------------------------------------ following
+
+def test_follow_stats_by_hand():
+    from anytalk_eval.following import follow_stats
+
+    driver = np.array([1.0, 3.0, -1.0, 5.0])
+    same = follow_stats(driver, driver + 7)  # an offset does not matter: both are taken from their first frame
+    assert same["r"] == pytest.approx(1.0) and same["gain"] == pytest.approx(1.0) and same["driver_range"] == 6.0
+    half = follow_stats(driver, 0.5 * driver)
+    assert half["gain"] == pytest.approx(0.5) and half["r"] == pytest.approx(1.0)
+    opposite = follow_stats(driver, -driver)
+    assert opposite["gain"] == pytest.approx(-1.0) and opposite["r"] == pytest.approx(-1.0)
+    still = follow_stats(driver, np.full(4, 2.0))
+    assert still["gain"] == 0.0 and math.isnan(still["r"])
+    with pytest.raises(ValueError, match="same length"):
+        follow_stats(driver, driver[:3])
+
+
+def test_following_of_renders_reads_the_true_motion(annotator):
+    """A render that copies the driver's pose and jaw onto another identity follows it (gain near 1, mouth r
+    near 1); the source picture repeated does not (gain 0); the check fails on mismatched inputs."""
+    from anytalk_core.demo import demo_motion
+    from anytalk_eval.following import mouth_following, pose_following
+
+    rng = np.random.default_rng(5)
+    pose, expression, _ = demo_motion(24, 8.0, rng)  # a 3 s turn, nod and tilt in 24 frames, with speech
+    driver, other = syn.sample_identity("human", rng), syn.sample_identity("animal", rng)
+
+    def both(p):
+        return [syn.render_batch([who] * 24, p, expression, 64).images.permute(0, 3, 1, 2) for who in (driver, other)]
+
+    driving, moved = both(pose)
+    report = pose_following(driving, moved, annotator)
+    assert set(report) == {"yaw", "pitch", "roll"}
+    for name in ("yaw", "pitch"):
+        assert report[name]["r"] > 0.9 and 0.8 < report[name]["gain"] < 1.2, (name, report[name])
+    assert report["roll"]["r"] > 0.7, report["roll"]
+    still = pose_following(driving, moved[:1].expand_as(moved), annotator)
+    assert all(s["gain"] == 0 for s in still.values())
+
+    frontal = pose.clone()
+    frontal[:, :5] = 0
+    talking, mouthing = both(frontal)
+    assert mouth_following(talking, mouthing, annotator)["r"] > 0.9
+    assert math.isnan(mouth_following(talking, mouthing[:1].expand_as(mouthing), annotator)["r"])
+    with pytest.raises(ValueError, match="same N"):
+        pose_following(driving, moved[:5], annotator)

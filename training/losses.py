@@ -235,7 +235,8 @@ def warp_loss(source: torch.Tensor, driving: torch.Tensor, deformation: torch.Te
     (the generator, which reads its volume with the same offset, reproduces the source from it). Each depth slice
     of the field warps the image by its (x, y) and the slices are averaged. This hands the dense motion network a
     direct gradient (the generator's only passes through a decoder that has yet to learn), as the warp losses of
-    the Thin-Plate Spline Motion Model and others do; it stops short CPU runs settling on copying the source.
+    the Thin-Plate Spline Motion Model and others do, meant to keep short CPU runs from settling on copying the
+    source (the demo's stage 2 used it together with the motion warm-up; their separate effects were not measured).
     Blurred scales widen the basin in which a wrong displacement still gets a useful gradient.
     """
     b, d = deformation.shape[:2]
