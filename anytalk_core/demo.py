@@ -130,16 +130,20 @@ def contact_sheet(driving: torch.Tensor, generated: torch.Tensor, source: torch.
     return sheet.permute(1, 2, 0)
 
 
-def demo_frames(checkpoint: str | Path | None = None, source: str | Path | None = None,
+def demo_frames(checkpoint: "str | Path | torch.nn.Module | None" = None, source: str | Path | None = None,
                 driving: str | Path | torch.Tensor | None = None, device: str = "cpu",
                 fps: float = 25.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The demo in memory at the model's own size: ``(driving, generated)``, each (N, 3, S, S) in 0..1.
 
-    ``driving``: a video file (default: the bundled clip) or frames (N, 3, H, W) in 0..1 at ``fps``."""
+    ``checkpoint``: a file (default: the bundled model) or a loaded model; ``driving``: a video file (default:
+    the bundled clip) or frames (N, 3, H, W) in 0..1 at ``fps``."""
     from .checkpoints import load_model
     from .models.base import TransferOptions
 
-    model = load_model(str(Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)))
+    if isinstance(checkpoint, torch.nn.Module):
+        model = checkpoint
+    else:
+        model = load_model(str(Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)))
     size = model.config.image_size
     engine = Engine(model, EngineConfig(device=device))
     source_image = load_image(Path(source) if source else demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)

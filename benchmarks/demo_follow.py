@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from anytalk_core.demo import demo_driving, demo_frames  # noqa: E402
-from anytalk_eval.following import format_following, mouth_following, pose_following  # noqa: E402
+from anytalk_eval.following import demo_following, format_following  # noqa: E402
 
 
 def main() -> None:
@@ -31,11 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    driving, generated = demo_frames(args.checkpoint, args.source)
-    still, _, _ = demo_driving(driving.shape[-1], head_motion=False)
-    talking, mouth_result = demo_frames(args.checkpoint, args.source, still)
-    print(f"{generated.shape[0]} frames at {generated.shape[-1]} px")
-    print(format_following(pose_following(driving, generated), mouth_following(talking, mouth_result)))
+    print(format_following(*demo_following(args.checkpoint, args.source)))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,20 @@ def mouth_following(driving: torch.Tensor, generated: torch.Tensor,
     return {"r": float("nan") if still else float(np.corrcoef(d, g)[0, 1])}
 
 
+def demo_following(checkpoint=None, source=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """The demo (``anytalk_core.demo``; bundled model and source unless named) on its two drivers: the bundled
+    clip for :func:`pose_following`, the same talking face held still for :func:`mouth_following`."""
+    from anytalk_core.checkpoints import load_model
+    from anytalk_core.demo import DEMO_CHECKPOINT, demo_driving, demo_file, demo_frames
+
+    model = load_model(str(checkpoint or demo_file(DEMO_CHECKPOINT)))
+    driving, generated = demo_frames(model, source)
+    still, _, _ = demo_driving(driving.shape[-1], head_motion=False)
+    talking, result = demo_frames(model, source, still)
+    annotator = load_annotator()
+    return pose_following(driving, generated, annotator), mouth_following(talking, result, annotator)
+
+
 def format_following(pose: dict[str, dict[str, float]], mouth: dict[str, float] | None = None) -> str:
     """A Markdown table of :func:`pose_following` (and :func:`mouth_following`)."""
     lines = ["| component | r | gain | driver range |", "|---|---|---|---|"]

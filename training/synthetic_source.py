@@ -137,11 +137,16 @@ def _mirror_name(name: str) -> str:
 MIRRORED_LANDMARKS: list[int] = [SUPERVISED_LANDMARKS.index(_mirror_name(n)) for n in SUPERVISED_LANDMARKS]
 
 
-def landmark_targets(identity, poses: torch.Tensor, expressions: torch.Tensor, size: int) -> torch.Tensor:
-    """Supervised landmarks of ``identity`` at poses (n, 6) / expressions (n, 7) -> (n, L, 2) in the model's
-    normalised image coordinates (x, y in [-1, 1], align_corners=False: pixel centre p -> (2p + 1) / size - 1)."""
-    pixels = _syn.landmarks_2d([identity] * poses.shape[0], poses.float(), expressions.float(), size)
+def supervised_landmarks(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """The supervised rows of renderer landmarks (n, 41, 2) in pixels -> (n, L, 2) in the model's normalised
+    image coordinates (x, y in [-1, 1], align_corners=False: pixel centre p -> (2p + 1) / size - 1)."""
     return (2 * pixels[:, _LANDMARK_ROWS] + 1) / size - 1
+
+
+def landmark_targets(identity, poses: torch.Tensor, expressions: torch.Tensor, size: int) -> torch.Tensor:
+    """Supervised landmarks of ``identity`` at poses (n, 6) / expressions (n, 7) -> (n, L, 2), normalised."""
+    return supervised_landmarks(_syn.landmarks_2d([identity] * poses.shape[0], poses.float(), expressions.float(), size),
+                                size)
 
 
 def mirror_landmarks(landmarks: torch.Tensor) -> torch.Tensor:

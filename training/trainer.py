@@ -276,9 +276,10 @@ class GeneratorSide(nn.Module):
                 mask = torch.ones_like(mask)
             losses["head_pose"] = L.head_pose_loss(angles, target.detach(), float(cfg["head_pose"]["weight"]), mask)
 
-        w = cfg["warp"]
-        if w["weight"]:
-            losses["warp"] = L.warp_loss(src, drv, out["deformation"], float(w["weight"]), [float(x) for x in w["scales"]])
+        warp = cfg["warp"]
+        if warp["weight"]:
+            losses["warp"] = L.warp_loss(src, drv, out["deformation"], float(warp["weight"]),
+                                         [float(x) for x in warp["scales"]])
 
         d = cfg["deformation_prior"]
         if d["weight"]:
@@ -477,13 +478,12 @@ class Trainer:
                 return json.loads((self.run_dir / "run_info.json").read_text(encoding="utf-8"))["run"]["motion_warmup"]
             except (OSError, ValueError, KeyError):
                 return None
-        from .synthetic_source import DOMAINS
         from .warmup import warm_up_motion
 
         domains: list[str] = []  # config validation made sure there is a synthetic source
-        for source in self.cfg["data"]["sources"]:
-            if source.get("kind") == "synthetic":
-                domains += [d for d in source.get("domains") or DOMAINS if d not in domains]
+        for source in self.dataset.sources:
+            if source.spec["kind"] == "synthetic":
+                domains += [d for d in source.domains if d not in domains]
 
         torch.manual_seed(int(self.cfg["seed"]))
         self.model.to(self.device)

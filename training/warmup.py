@@ -43,9 +43,8 @@ def still_batch(domains: list[str], batch: int, size: int, rng: np.random.Genera
     identities = [syn.identity(domains[i % len(domains)], int(rng.integers(2**62))) for i in range(batch)]
     pose, expression = syn.random_still(rng, batch)
     out = _syn.render_batch(identities, pose, expression, size)
-    landmarks = (2 * out.landmarks[:, syn._LANDMARK_ROWS] + 1) / size - 1
     return {"images": out.images.permute(0, 3, 1, 2).contiguous().clamp_(0, 1), "pose": pose[:, :3],
-            "landmarks": landmarks.float()}
+            "landmarks": syn.supervised_landmarks(out.landmarks, size).float()}
 
 
 def _pose_error(model: nn.Module, data: dict[str, torch.Tensor], device: torch.device) -> list[float]:
