@@ -284,3 +284,12 @@ def test_warp_loss_scales_with_its_weight_and_averages_scales():
     half = F.interpolate(source, size=(8, 8), mode="area") - F.interpolate(driving, size=(8, 8), mode="area")
     both = L.warp_loss(source, driving, field, 1.0, [1.0, 0.5])
     assert float(both) == pytest.approx(0.5 * (float(one) + float(half.abs().mean())), rel=1e-5)
+
+
+def test_expression_offset_loss_by_hand_and_only_on_the_supervised_keypoints():
+    deltas = torch.zeros(2, 5, 2)
+    offsets = torch.tensor([[[0.1, -0.2], [0.0, 0.3], [0.0, 0.0]]] * 2)
+    assert float(L.expression_offset_loss(deltas, offsets, 2.0)) == pytest.approx(2.0 * 0.6 / 6)
+    deltas[:, :3] = offsets
+    deltas[:, 3:] = 5.0  # keypoints beyond the landmarks have no target
+    assert float(L.expression_offset_loss(deltas, offsets, 2.0)) == 0.0

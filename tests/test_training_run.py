@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -301,6 +302,28 @@ def test_init_from_an_inference_checkpoint_or_a_training_state(straight_run, tmp
                 log_stream=open(os.devnull, "w"))
 
 
+def test_frozen_networks_stay_as_loaded(straight_run, tmp_path, regressor):
+    """train.freeze keeps the named networks exactly as init_from gave them (weights and batch-norm statistics)
+    while the others train; a bad name is refused."""
+    tmp, _, _ = straight_run
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp / "run" / "model.safetensors"))
+    cfg = write_config(tmp_path / "fz.toml", base_config(tmp_path / "fz", regressor))
+    t = Trainer(load_config(cfg, [f"model.init_from={tmp / 'run' / 'model.safetensors'}", "train.freeze=['motion']",
+                                  "train.stop_after=2"]), log_stream=open(os.devnull, "w"))
+    try:
+        t.fit()
+        sd = t.model.state_dict()
+    finally:
+        t.close()
+    assert all(torch.equal(sd[k], v) for k, v in exported.items() if k.startswith("motion."))
+    assert not all(torch.equal(sd[k], v) for k, v in exported.items() if k.startswith("generator."))
+    for bad in ("['motion', 'typo']", "['appearance', 'keypoints', 'motion', 'dense_motion', 'generator']"):
+        with pytest.raises(Exception, match="train.freeze must list some of"):
+            load_config(cfg, [f"train.freeze={bad}"])
+
+
 def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume(tmp_path, regressor):
     """The warm-up (not in the paper) fits M and the canonical keypoints to renderer ground truth, the same way
     for a seed; the rest of the model is untouched; a resumed run neither repeats it nor loses its report."""
@@ -312,11 +335,11 @@ def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume
                       ["motion_warmup.steps=3", "motion_warmup.batch_size=2", "motion_warmup.val_images=3",
                        "keypoint_supervision.weight=5"])
 
-    def warmed(keypoints: bool):
+    def warmed(keypoints: bool, **options):
         torch.manual_seed(0)
         model = build_model(build_model_config(cfg))
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        c = dict(cfg, motion_warmup=dict(cfg["motion_warmup"], keypoints=keypoints))
+        c = dict(cfg, motion_warmup=dict(cfg["motion_warmup"], keypoints=keypoints, **options))
         report = warm_up_motion(model, c, ["human", "animal"], 64, torch.device("cpu"), log=lambda m: None)
         return before, model.state_dict(), report
 
@@ -329,6 +352,11 @@ def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume
     assert report_again["held_out"] == report["held_out"]
     _, motion_only, _ = warmed(False)
     assert all(torch.equal(before[k], motion_only[k]) for k in before if k.startswith("keypoints."))
+    assert report["weights"] == {"head_pose": 20.0, "keypoint_supervision": 5.0, "deformation_prior": 5.0, "expression": 0.0}
+    _, supervised, report_expr = warmed(True, expression_weight=50.0, head_pose_weight=2.0)
+    assert report_expr["weights"]["expression"] == 50.0 and report_expr["weights"]["head_pose"] == 2.0
+    assert -1 <= report_expr["held_out"]["expression_r_after"] <= 1
+    assert any(not torch.equal(after[k], supervised[k]) for k in after if k.startswith("motion.fc_exp"))
 
     run = tmp_path / "run"
     path = write_config(tmp_path / "r.toml", base_config(run, regressor, epochs=1))
@@ -345,6 +373,20 @@ def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume
         load_config(write_config(tmp_path / "v.toml", video_only), overrides)
     with pytest.raises(Exception, match="motion_warmup: steps must be >= 0"):
         load_config(path, ["motion_warmup.steps=-1"])
+
+
+def test_warmup_stills_carry_the_offsets_the_expression_caused():
+    """Landmarks no expression moves have no offset; the lower lip's offset goes down with the jaw."""
+    from anytalk_training import synthetic_source as syn
+    from anytalk_training.warmup import still_batch
+
+    data = still_batch(["human", "cg_human", "animal"], 24, 64, np.random.default_rng(3))
+    offsets, jaw = data["expression_offsets"], data["expression"][:, syn.EXPRESSION_FIELDS.index("jaw_open")]
+    names = syn.SUPERVISED_LANDMARKS
+    for still in ("nose_tip", "contour_r2", "ear_l_tip"):
+        assert offsets[:, names.index(still)].abs().max() < 1e-6
+    lip = offsets[:, names.index("lip_lower"), 1]
+    assert (lip > 0).float().mean() > 0.9 and np.corrcoef(lip.numpy(), jaw.numpy())[0, 1] > 0.8
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "training" / "configs").glob("*.toml")), ids=lambda p: p.name)

@@ -22,6 +22,8 @@ class ConfigError(ValueError):
     """The configuration file or an override is invalid; the message says which key and why."""
 
 
+GENERATOR_MODULES: tuple[str, ...] = ("appearance", "keypoints", "motion", "dense_motion", "generator")
+
 DEFAULTS: dict[str, Any] = {
     "name": "anytalk",
     "output_dir": "",  # "" -> runs/<name> (relative paths are relative to the working directory)
@@ -59,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
         "export": True,  # write an inference checkpoint (model.safetensors) when the schedule ends
         "export_include_discriminator": False,
         "check_sync_every": 0,  # DDP: compare parameter checksums across ranks every N steps (0 = at the end only)
+        # networks kept as loaded (model.init_from): no gradients, batch norm in eval mode; any of appearance,
+        # keypoints, motion, dense_motion, generator (fine-tuning, as LivePortrait's second stage)
+        "freeze": [],
     },
     "perceptual": {
         "weights": [10.0, 10.0, 10.0, 10.0, 10.0],  # lambda_P per VGG-19 layer (relu1_1 .. relu5_1)
@@ -98,6 +103,12 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 32,
         "lr": 1.0e-3,
         "keypoints": True,
+        "head_pose_weight": -1.0,  # < 0: head_pose.weight
+        # > 0: weight * mean |(x, y) of the expression deltas of the first L keypoints - how far the renderer's
+        # expression moved landmark k from the neutral face at the same pose|. The other losses hardly teach the
+        # deltas (the deformation prior pulls them to 0 and the landmark motion they should carry is a few pixels),
+        # so without it the motion estimator reads no mouth and neither audio nor driving moves it.
+        "expression_weight": 0.0,
         "log_every": 100,
         "val_images": 128,
     },
@@ -386,6 +397,9 @@ def _validate(config: dict) -> None:
         raise ConfigError("perceptual.fallback must be '' or 'pixel_pyramid_l1'")
     if not config["perceptual"]["scales"] or any(not 0 < s <= 1 for s in config["perceptual"]["scales"]):
         raise ConfigError("perceptual.scales must be a non-empty list of factors in (0, 1]")
+    freeze = config["train"]["freeze"]
+    if any(name not in GENERATOR_MODULES for name in freeze) or set(GENERATOR_MODULES) <= set(freeze):
+        raise ConfigError(f"train.freeze must list some of {list(GENERATOR_MODULES)} (not all), got {freeze!r}")
     w = config["motion_warmup"]
     if w["steps"] < 0 or w["batch_size"] < 1 or w["val_images"] < 1 or not w["lr"] > 0:
         raise ConfigError("motion_warmup: steps must be >= 0, batch_size and val_images >= 1, lr > 0")

@@ -226,6 +226,13 @@ def keypoint_supervision_loss(keypoints: torch.Tensor, landmarks: torch.Tensor, 
     return weight * (err * m).sum() / m.sum()
 
 
+def expression_offset_loss(deltas: torch.Tensor, offsets: torch.Tensor, weight: float) -> torch.Tensor:
+    """weight * mean |(x, y) of the first L expression deltas - the L landmark offsets an expression caused|
+    (not in the seed). deltas (B, K, 2) in the image offsets they cause, offsets (B, L, 2), both normalised."""
+    n = min(deltas.shape[1], offsets.shape[1])
+    return weight * torch.abs(deltas[:, :n] - offsets[:, :n].to(deltas.dtype)).mean()
+
+
 def warp_loss(source: torch.Tensor, driving: torch.Tensor, deformation: torch.Tensor, weight: float,
               scales: list[float]) -> torch.Tensor:
     """weight * mean over scales of |source warped by the dense deformation - driving| (not in the seed).

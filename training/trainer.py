@@ -41,12 +41,10 @@ from .checkpointing import (
     restore_train_state,
     save_train_state,
 )
-from .config import ConfigError, config_hash, output_dir, public
+from .config import GENERATOR_MODULES, ConfigError, config_hash, output_dir, public
 from .data import DataError, StepBatchSampler, build_dataset, collate
 from .expression import build_expression_encoder
 from .pretrained import WeightsError, load_hopenet, load_vgg19
-
-GENERATOR_MODULES = ("appearance", "keypoints", "motion", "dense_motion", "generator")
 
 
 class SetupError(ValueError):
@@ -433,9 +431,13 @@ class Trainer:
         if self.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device).train()
+        self.frozen = tuple(t["freeze"])
+        for name in self.frozen:  # fixed as loaded: no gradients, and batch norm keeps its learned statistics
+            getattr(self.model, name).requires_grad_(False).eval()
 
         # optimisers, schedule
-        gen_params = [p for name in GENERATOR_MODULES for p in getattr(self.model, name).parameters()]
+        gen_params = [p for name in GENERATOR_MODULES if name not in self.frozen
+                      for p in getattr(self.model, name).parameters()]
         betas = tuple(float(b) for b in t["betas"])
         self.opt_g = torch.optim.Adam(gen_params, lr=float(t["lr"]), betas=betas)
         self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=float(t["lr"]), betas=betas)
