@@ -16,45 +16,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from anytalk_core import synthetic  # noqa: E402
 from anytalk_core.checkpoints import load_model  # noqa: E402
-from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
-from anytalk_training.audio2motion import mouth_metrics  # noqa: E402
-
-MOUTH = [i for i, n in enumerate(synthetic.LANDMARK_NAMES) if n.startswith(("mouth", "lip"))]
-
-
-def mouth_box(landmarks: torch.Tensor, size: int) -> tuple[slice, slice]:
-    """Rows and columns around the mouth landmarks [L, 2] (pixels), with room for an open jaw below."""
-    pts = landmarks[MOUTH]
-    x0, y0 = (int(v) for v in pts.min(0).values.floor())
-    x1, y1 = (int(v) for v in pts.max(0).values.ceil())
-    return slice(max(0, y0 - 2), min(size, y1 + 6)), slice(max(0, x0 - 2), min(size, x1 + 3))
-
-
-def clip_pairs(engine: Engine, clips: int, seconds: float, fps: float = 25.0,
-               pose_strength: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    size = int(engine.model.config.image_size)
-    n = int(round(seconds * fps))
-    rest = engine.rest_motion(fps)
-    pairs = []
-    for i in range(clips):
-        identity = synthetic.sample_identity(synthetic.DOMAINS[i % 3], 50_000 + i)
-        portrait = synthetic.render_batch(identity, torch.tensor([[0, 0, 0, 0, 0, 1.0]]), torch.zeros(1, 7), size)
-        _pose, expression, speech = synthetic.sample_motion(n, fps, np.random.default_rng([60_000, i]), with_audio=True)
-        state = engine.prepare_source(portrait.images[0].permute(2, 0, 1)[None])
-        motion = engine.audio_motion((speech.waveform, speech.sample_rate), fps, n_frames=n, pose_strength=pose_strength)
-        frames = torch.cat(list(engine.render(state, engine.driven_keypoints(state, motion, reference=rest))))
-        still = torch.cat(list(engine.render(state, state.keypoints.cpu())))
-        rows, cols = mouth_box(portrait.landmarks[0], size)
-        change = (frames[:, :, rows, cols] - still[:, :, rows, cols]).abs().mean(dim=(1, 2, 3))
-        pairs.append((change, expression[:, 0]))
-    return pairs
+from anytalk_eval.following import audio_mouth_following  # noqa: E402
 
 
 def main() -> None:
@@ -68,8 +35,7 @@ def main() -> None:
                         "the mouth alone; 1 moves the head too, which the box also sees)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    engine = Engine(load_model(args.checkpoint), EngineConfig(device="cpu"))
-    m = mouth_metrics(clip_pairs(engine, args.clips, args.seconds, pose_strength=args.pose_strength))
+    m = audio_mouth_following(load_model(args.checkpoint), args.clips, args.seconds, pose_strength=args.pose_strength)
     print(f"rendered mouth change vs. true jaw opening over {args.clips} held-out clips (pose strength "
           f"{args.pose_strength:g}): r = {m['r']:.3f}, "
           f"lag = {m['lag']} frames (r at that lag {m['r_at_lag']:.3f})")

@@ -434,6 +434,8 @@ class Trainer:
         self.frozen = tuple(t["freeze"])
         for name in self.frozen:  # fixed as loaded: no gradients, and batch norm keeps its learned statistics
             getattr(self.model, name).requires_grad_(False).eval()
+        if self.frozen:
+            self.log(f"frozen (kept as loaded, not trained): {', '.join(self.frozen)}")
 
         # optimisers, schedule
         gen_params = [p for name in GENERATOR_MODULES if name not in self.frozen
