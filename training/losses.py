@@ -229,8 +229,8 @@ def keypoint_supervision_loss(keypoints: torch.Tensor, landmarks: torch.Tensor, 
 def expression_offset_loss(deltas: torch.Tensor, offsets: torch.Tensor, weight: float) -> torch.Tensor:
     """weight * mean |(x, y) of the first L expression deltas - the L landmark offsets an expression caused|
     (not in the seed). deltas (B, K, 2) in the image offsets they cause, offsets (B, L, 2), both normalised."""
-    n = min(deltas.shape[1], offsets.shape[1])
-    return weight * torch.abs(deltas[:, :n] - offsets[:, :n].to(deltas.dtype)).mean()
+    every_item = torch.ones(deltas.shape[0], dtype=torch.bool, device=deltas.device)
+    return keypoint_supervision_loss(deltas, offsets, weight, every_item)  # the same mean |difference| on (x, y)
 
 
 def warp_loss(source: torch.Tensor, driving: torch.Tensor, deformation: torch.Tensor, weight: float,

@@ -88,7 +88,7 @@ def warm_up_motion(model: nn.Module, config: dict, domains: list[str], size: int
     expression_weight = float(w["expression_weight"])
     # with expression supervision the deltas of the supervised keypoints have a target; the prior keeps the rest at 0
     free = len(syn.SUPERVISED_LANDMARKS) if expression_weight else 0
-    uses_scale = bool(getattr(getattr(model, "convention", None), "uses_scale", False))
+    uses_scale = model.convention.uses_scale
     seed = int(config["seed"])
     t0 = time.time()
     held_out = still_batch(domains, int(w["val_images"]), size, np.random.default_rng([WARMUP_TAG + 1, seed]))
