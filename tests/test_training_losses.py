@@ -293,3 +293,41 @@ def test_expression_offset_loss_by_hand_and_only_on_the_supervised_keypoints():
     deltas[:, :3] = offsets
     deltas[:, 3:] = 5.0  # keypoints beyond the landmarks have no target
     assert float(L.expression_offset_loss(deltas, offsets, 2.0)) == 0.0
+
+
+def test_region_crops_cut_the_box_around_the_points_at_pixel_centres():
+    image = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64).repeat(2, 3, 1, 1)
+    corners = torch.tensor([[[-0.5, -0.5], [0.5, 0.5], [0.0, 0.2]]] * 2)
+    crops = L.region_crops(image, corners, 32, margin=0.0, min_extent=0.1)
+    assert crops.shape == (2, 3, 32, 32)
+    assert torch.allclose(crops, image[:, :, 16:48, 16:48], atol=1e-2)  # the box [-0.5, 0.5] is pixels 16..47
+    one_point = torch.tensor([[[0.25, -0.25]]] * 2)  # no extent: the box is min_extent wide, centred on it
+    tiny = L.region_crops(image, one_point, 8, margin=0.5, min_extent=0.25)
+    assert torch.allclose(tiny, image[:, :, 20:28, 36:44], atol=1e-2)
+    padded = L.region_crops(image, corners, 16, margin=0.25, min_extent=0.1)  # side 1.5: pixels 8..55, every 3rd
+    assert torch.allclose(padded[0, 0, 0, 0], image[0, 0, 9, 9], atol=1e-2)
+
+
+def test_region_loss_sees_only_the_box_and_the_masked_items():
+    perceptual = L.PerceptualLoss([1.0, 0.5], [2.0], "pixel_pyramid_l1")
+    target = torch.rand(3, 3, 64, 64)
+    points = torch.tensor([[[-0.2, 0.3], [0.2, 0.5]]] * 3)
+    prediction = target.clone()
+    prediction[:, :, :16] = 0.0  # outside every box: the region loss does not see it
+    assert float(L.region_loss(perceptual, prediction, target, points, torch.ones(3, dtype=torch.bool), 1.0, 16,
+                               0.5, 0.25)) == pytest.approx(0.0, abs=1e-6)
+    prediction[1, :, 44:52, 28:36] += 0.5  # inside item 1's box
+    mask = torch.tensor([True, True, False])
+    got = L.region_loss(perceptual, prediction, target, points, mask, 3.0, 16, 0.5, 0.25)
+    crops = L.region_crops(torch.cat([prediction[:2], target[:2]]), points[:2].repeat(2, 1, 1), 16, 0.5, 0.25)
+    assert float(got) == pytest.approx(3.0 * float(perceptual(crops[:2], crops[2:])), rel=1e-6) and float(got) > 0
+    assert float(L.region_loss(perceptual, prediction, target, points, torch.tensor([True, False, False]), 3.0, 16,
+                               0.5, 0.25)) == pytest.approx(0.0, abs=1e-6)
+    leaf = prediction.clone().requires_grad_()
+    none = L.region_loss(perceptual, leaf, target, points, torch.zeros(3, dtype=torch.bool), 1.0, 16, 0.5, 0.25)
+    none.backward()
+    assert float(none.detach()) == 0.0 and leaf.grad is not None and not leaf.grad.any()
+    leaf.grad = None
+    L.region_loss(perceptual, leaf, target, points, mask, 1.0, 16, 0.5, 0.25).backward()
+    assert not leaf.grad[:, :, :30].any() and leaf.grad[1].abs().sum() > 0  # the box is y in [0, 0.8]: rows 31..57
+    assert not leaf.grad[2].any()  # masked out

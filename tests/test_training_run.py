@@ -393,3 +393,21 @@ def test_warmup_stills_carry_the_offsets_the_expression_caused():
 def test_every_shipped_config_loads_and_validates(path):
     config = load_config(path)
     assert config["name"] and config["data"]["sources"]
+
+
+def test_lip_region_loss_is_logged_and_needs_the_perceptual_loss(tmp_path, regressor):
+    """lip_region (LivePortrait's cascaded lip loss, not in the seed) shows in the metrics and the run's loss
+    report; without a perceptual loss to apply to the crops, or with a bad crop size, the run is refused."""
+    run = tmp_path / "lip"
+    path = write_config(tmp_path / "lip.toml", base_config(run, regressor, epochs=1))
+    train_in_process(path, "lip_region.weight=2.0", "train.stop_after=1")
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["lip_region"] > 0
+    info = json.loads((run / "run_info.json").read_text())["run"]["losses"]["lip_region"]
+    assert info == {"weight": 2.0, "size": 32, "backend": "pixel_pyramid_l1"}
+    with pytest.raises(Exception, match="lip_region.weight > 0 uses the perceptual loss"):
+        Trainer(load_config(path, ["lip_region.weight=1", "perceptual.weights=[0, 0, 0, 0, 0]",
+                                   f"output_dir={tmp_path / 'refused'}"]),
+                log_stream=open(os.devnull, "w"))
+    with pytest.raises(Exception, match="lip_region: weight and margin must be >= 0, size >= 8"):
+        load_config(path, ["lip_region.size=4"])

@@ -95,6 +95,16 @@ DEFAULTS: dict[str, Any] = {
         "weight": 0.0,
         "scales": [1.0, 0.5, 0.25],
     },
+    "lip_region": {
+        # NOT a loss of the seed (0 = off): LivePortrait's cascaded loss on the lip region. weight * the perceptual
+        # loss (or its pixel fallback) between the generated and driving frames cropped around the driving frame's
+        # lip landmarks (mouth corners, upper and lower lip) and resampled to size px, on data with landmarks. The
+        # mouth is a few percent of the image, so the full-frame loss barely sees it open and close.
+        "weight": 0.0,
+        "size": 32,  # crop side in pixels
+        "margin": 0.5,  # padding on each side, times the lips' larger extent
+        "min_extent": 0.25,  # smallest box side, in normalised image units (the image is 2 wide)
+    },
     "motion_warmup": {
         # NOT a stage of the paper (0 steps = off, as the seed): before the GAN training, the motion estimator
         # (and, with keypoints = true, the canonical keypoint detector) fits the renderer's ground truth on fresh
@@ -409,6 +419,9 @@ def _validate(config: dict) -> None:
     if config["warp"]["weight"] < 0 or not config["warp"]["scales"] \
             or any(not 0 < s <= 1 for s in config["warp"]["scales"]):
         raise ConfigError("warp: weight must be >= 0 and scales a non-empty list of factors in (0, 1]")
+    lip = config["lip_region"]
+    if lip["weight"] < 0 or lip["size"] < 8 or lip["margin"] < 0 or not 0 < lip["min_extent"] <= 2:
+        raise ConfigError("lip_region: weight and margin must be >= 0, size >= 8 px and min_extent in (0, 2]")
     if len(config["head_pose"]["ground_truth_signs"]) != 3:
         raise ConfigError("head_pose.ground_truth_signs must be three numbers (yaw, pitch, roll)")
 

@@ -233,6 +233,36 @@ def expression_offset_loss(deltas: torch.Tensor, offsets: torch.Tensor, weight: 
     return keypoint_supervision_loss(deltas, offsets, weight, every_item)  # the same mean |difference| on (x, y)
 
 
+def region_crops(images: torch.Tensor, points: torch.Tensor, size: int, margin: float,
+                 min_extent: float) -> torch.Tensor:
+    """Square crops around point sets, resampled to ``size`` px (differentiable): (B, C, H, W) -> (B, C, size, size).
+
+    points (B, P, 2) in normalised image coordinates (x, y in [-1, 1], align_corners=False). Each box is centred
+    on the points' bounding box; its side is the larger extent times (1 + 2 margin), at least ``min_extent``."""
+    lo, hi = points.amin(dim=1), points.amax(dim=1)
+    centre = (lo + hi) / 2
+    half = ((hi - lo).amax(dim=1) * (0.5 + margin)).clamp(min=min_extent / 2).detach()
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = half.to(images.dtype)
+    theta[:, :, 2] = centre.detach().to(images.dtype)
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def region_loss(perceptual: nn.Module, prediction: torch.Tensor, target: torch.Tensor, points: torch.Tensor,
+                mask: torch.Tensor, weight: float, size: int, margin: float, min_extent: float) -> torch.Tensor:
+    """weight * the perceptual loss (or its pixel fallback) between crops of prediction and target around
+    ``points`` (B, P, 2) of the target, over the items ``mask`` (B,) marks (LivePortrait's cascaded loss on the
+    lip region; not in the seed). Zero, with the graph kept, when no item has points."""
+    if not bool(mask.any()):
+        return prediction.new_zeros(()) * prediction.sum()
+    m = mask.bool()
+    crops = region_crops(torch.cat([prediction[m], target[m]]), torch.cat([points[m], points[m]]), size, margin,
+                         min_extent)
+    n = int(m.sum())
+    return weight * perceptual(crops[:n], crops[n:])
+
+
 def warp_loss(source: torch.Tensor, driving: torch.Tensor, deformation: torch.Tensor, weight: float,
               scales: list[float]) -> torch.Tensor:
     """weight * mean over scales of |source warped by the dense deformation - driving| (not in the seed).

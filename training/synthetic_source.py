@@ -127,6 +127,8 @@ def mirror_expression(expr: torch.Tensor) -> torch.Tensor:
 SUPERVISED_LANDMARKS: tuple[str, ...] = (
     "nose_tip", "chin", "mouth_r", "mouth_l", "lip_upper", "lip_lower", "eye_r_outer", "eye_l_outer",
     "brow_r_mid", "brow_l_mid", "contour_r2", "contour_l2", "ear_r_tip", "ear_l_tip", "forehead")
+# The supervised landmarks that outline the mouth (rows of SUPERVISED_LANDMARKS): the lip-region loss's box.
+LIP_LANDMARKS: tuple[int, ...] = tuple(SUPERVISED_LANDMARKS.index(n) for n in ("mouth_r", "mouth_l", "lip_upper", "lip_lower"))
 _LANDMARK_ROWS = [list(_syn.LANDMARK_NAMES).index(n) for n in SUPERVISED_LANDMARKS]
 
 

@@ -32,6 +32,7 @@ from anytalk_core.models.config import DiscriminatorConfig, ModelConfig, tiny_co
 from anytalk_core.models.registry import build_model, get_family
 
 from . import losses as L
+from . import synthetic_source as syn
 from .checkpointing import (
     install_interrupt_handlers,
     restore_signal_handlers,
@@ -232,6 +233,13 @@ class GeneratorSide(nn.Module):
 
         if setup.perceptual is not None:
             losses["perceptual"] = setup.perceptual(pred, drv)
+
+        lip = cfg["lip_region"]
+        if lip["weight"] and setup.perceptual is not None:
+            lips = batch["landmarks"][:, list(syn.LIP_LANDMARKS)]
+            losses["lip_region"] = L.region_loss(setup.perceptual, pred, drv, lips, batch["has_landmarks"],
+                                                 float(lip["weight"]), int(lip["size"]), float(lip["margin"]),
+                                                 float(lip["min_extent"]))
 
         g = cfg["gan"]
         if g["generator"] or any(g["feature_matching"]):
@@ -546,6 +554,15 @@ class Trainer:
                                  "explicitly with perceptual.fallback = 'pixel_pyramid_l1'")
         else:
             setup.info["perceptual"] = {"backend": "off"}
+        lip = cfg["lip_region"]
+        if lip["weight"]:
+            if setup.perceptual is None:
+                raise SetupError("lip_region.weight > 0 uses the perceptual loss on the lip crops: give the perceptual "
+                                 "loss non-zero weights, or set lip_region.weight = 0")
+            if setup.perceptual.backend == "vgg19" and min(p["scales"]) * lip["size"] < 16:
+                raise SetupError(f"lip_region.size: the smallest pyramid level of a {lip['size']} px lip crop is under "
+                                 "the 16 px VGG-19's relu5_1 needs (raise lip_region.size or drop small scales)")
+            setup.info["lip_region"] = {"weight": lip["weight"], "size": lip["size"], "backend": setup.perceptual.name}
         # head pose
         h = cfg["head_pose"]
         no_gt = [s.name for s in self.dataset.sources if not s.has_ground_truth]
