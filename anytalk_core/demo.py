@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .crop import apply_crop, crop_full
 from .engine import Engine, EngineConfig
 from .io_utils import unique_path
 from .media import VideoWriter, iter_video_frames, load_image, probe_video, read_audio, save_image
@@ -102,7 +103,13 @@ def make_demo_inputs(out_dir: str | Path, size: int = 256, seconds: float = 4.0,
 
 
 def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) in 0..1 -> (B, 3, size, size), bicubic down / nearest-exact up (crisp pixels)."""
+    """(B, 3, H, W) in 0..1 -> (B, 3, size, size), area down / nearest-exact up (crisp pixels).
+
+    A frame that is not square is fitted whole first, as ``anytalk animate --crop full`` does: centred, the
+    shorter side padded with its edge pixels, so faces keep their proportions."""
+    h, w = frames.shape[-2:]
+    if h != w:
+        frames = apply_crop(frames, crop_full((h, w), max(h, w)), mode="bilinear")
     if frames.shape[-1] == size and frames.shape[-2] == size:
         return frames
     mode = "nearest-exact" if frames.shape[-1] < size else "area"

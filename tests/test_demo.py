@@ -56,6 +56,19 @@ def test_demo_writes_video_and_sheet_and_never_overwrites(inputs, tmp_path, caps
     assert gif.frame_count == 15 and (gif.width, gif.height) == (96, 32)
 
 
+def test_a_portrait_that_is_not_square_keeps_its_proportions():
+    """A user's 2:1 portrait is fitted whole (edges repeated), not squashed: a centred disc stays round."""
+    h, w = 120, 60
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    disc = (((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < 20 ** 2).float()
+    tall = disc.expand(1, 3, h, w).clone()
+    square = demo._resize(tall, 60)[0, 0]
+    rows, cols = (square > 0.5).any(1).sum(), (square > 0.5).any(0).sum()
+    assert abs(int(rows) - 20) <= 1 and abs(int(cols) - 20) <= 1  # 40 px across at half scale, both ways
+    frame = torch.rand(1, 3, 50, 50)
+    assert torch.equal(demo._resize(frame, 50), frame)  # a square frame at the model's size: untouched
+
+
 def test_missing_bundled_file_names_the_fix(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "nowhere")
     assert main(["demo", "--out-dir", str(tmp_path), "--quiet"]) == 2
