@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP
     from .config import load_config, public
     from .data import DataError
-    from .trainer import SETUP_ERRORS, Trainer, export_from_checkpoint
+    from . import trainer as talking_head
+    from .trainer import SETUP_ERRORS
 
     try:
         config = load_config(args.config, overrides)
@@ -58,16 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(public(config), indent=2))
             return 0
         resume = args.resume_from or args.resume
+        trainer_class, export_from_checkpoint = talking_head.Trainer, talking_head.export_from_checkpoint
         if config.get("task") == "audio2motion":  # audio-to-motion training (training/audio2motion.py)
             from . import audio2motion as a2m
 
-            Trainer, export_from_checkpoint = a2m.AudioMotionTrainer, a2m.export_from_checkpoint  # noqa: N806
+            trainer_class, export_from_checkpoint = a2m.AudioMotionTrainer, a2m.export_from_checkpoint
         if args.export:
             path = export_from_checkpoint(config, args.resume_from, args.out)
             if path:
                 print(path)
             return 0
-        trainer = Trainer(config, resume=resume)
+        trainer = trainer_class(config, resume=resume)
     except SETUP_ERRORS as exc:
         print(f"anytalk-train: error: {exc}", file=sys.stderr)
         return EXIT_SETUP
