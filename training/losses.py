@@ -254,13 +254,14 @@ def region_loss(perceptual: nn.Module, prediction: torch.Tensor, target: torch.T
     """weight * the perceptual loss (or its pixel fallback) between crops of prediction and target around
     ``points`` (B, P, 2) of the target, over the items ``mask`` (B,) marks (LivePortrait's cascaded loss on the
     lip region; not in the seed). Zero, with the graph kept, when no item has points."""
-    if not bool(mask.any()):
-        return prediction.new_zeros(()) * prediction.sum()
-    m = mask.bool()
-    crops = region_crops(torch.cat([prediction[m], target[m]]), torch.cat([points[m], points[m]]), size, margin,
-                         min_extent)
-    n = int(m.sum())
-    return weight * perceptual(crops[:n], crops[n:])
+    b = prediction.shape[0]
+    crops = region_crops(torch.cat([prediction, target]), torch.cat([points, points]), size, margin, min_extent)
+    real = crops[b:].detach()
+    keep = mask.bool().view(-1, 1, 1, 1)
+    # unmarked items compare the target's crop with itself (exactly 0), and the batch mean is rescaled to the
+    # marked items: no boolean indexing, so no host sync in the training step
+    fake = torch.where(keep, crops[:b], real)
+    return weight * perceptual(fake, real) * b / keep.sum().clamp(min=1)
 
 
 def warp_loss(source: torch.Tensor, driving: torch.Tensor, deformation: torch.Tensor, weight: float,

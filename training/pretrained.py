@@ -93,6 +93,7 @@ def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
 
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 VGG19_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))  # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
+VGG19_MIN_SIDE = 16  # pixels: relu5_1 comes after four 2x poolings
 
 
 class Vgg19Features(nn.Module):

@@ -45,7 +45,7 @@ from .checkpointing import (
 from .config import GENERATOR_MODULES, ConfigError, config_hash, output_dir, public
 from .data import DataError, StepBatchSampler, build_dataset, collate
 from .expression import build_expression_encoder
-from .pretrained import WeightsError, load_hopenet, load_vgg19
+from .pretrained import VGG19_MIN_SIDE, WeightsError, load_hopenet, load_vgg19
 
 
 class SetupError(ValueError):
@@ -235,7 +235,7 @@ class GeneratorSide(nn.Module):
             losses["perceptual"] = setup.perceptual(pred, drv)
 
         lip = cfg["lip_region"]
-        if lip["weight"] and setup.perceptual is not None:
+        if lip["weight"]:  # set-up refuses it without a perceptual loss
             lips = batch["landmarks"][:, list(syn.LIP_LANDMARKS)]
             losses["lip_region"] = L.region_loss(setup.perceptual, pred, drv, lips, batch["has_landmarks"],
                                                  float(lip["weight"]), int(lip["size"]), float(lip["margin"]),
@@ -535,9 +535,10 @@ class Trainer:
             if p["vgg19_weights"]:
                 vgg = load_vgg19(os.path.expanduser(p["vgg19_weights"])).to(self.device)
                 smallest = min(p["scales"]) * self.image_size
-                if smallest < 16:
+                if smallest < VGG19_MIN_SIDE:
                     raise SetupError(f"perceptual.scales: the smallest pyramid level is {smallest:g} px; VGG-19's "
-                                     "relu5_1 needs at least 16 px (drop the small scales at this image size)")
+                                     f"relu5_1 needs at least {VGG19_MIN_SIDE} px (drop the small scales at this "
+                                     "image size)")
                 setup.perceptual = L.PerceptualLoss(p["scales"], p["weights"], "vgg19", vgg).to(self.device)
                 setup.info["perceptual"] = {"backend": "vgg19_pyramid_l1", "weights": os.path.abspath(p["vgg19_weights"]),
                                             "scales": p["scales"], "layer_weights": p["weights"]}
@@ -559,9 +560,10 @@ class Trainer:
             if setup.perceptual is None:
                 raise SetupError("lip_region.weight > 0 uses the perceptual loss on the lip crops: give the perceptual "
                                  "loss non-zero weights, or set lip_region.weight = 0")
-            if setup.perceptual.backend == "vgg19" and min(p["scales"]) * lip["size"] < 16:
+            if setup.perceptual.backend == "vgg19" and min(p["scales"]) * lip["size"] < VGG19_MIN_SIDE:
                 raise SetupError(f"lip_region.size: the smallest pyramid level of a {lip['size']} px lip crop is under "
-                                 "the 16 px VGG-19's relu5_1 needs (raise lip_region.size or drop small scales)")
+                                 f"the {VGG19_MIN_SIDE} px VGG-19's relu5_1 needs (raise lip_region.size or drop small "
+                                 "scales)")
             setup.info["lip_region"] = {"weight": lip["weight"], "size": lip["size"], "backend": setup.perceptual.name}
         # head pose
         h = cfg["head_pose"]
