@@ -211,10 +211,12 @@ def _inside(folder: Path, path: Path) -> bool:
         return False
 
 
-def walk(root: Path, max_depth: int = MAX_LIST_DEPTH, max_entries: int = MAX_LIST_ENTRIES):
+def walk(root: Path, max_depth: int | None = None, max_entries: int | None = None):
     """``os.walk(root, followlinks=True)`` made safe for folders anyone can fill: yields ``(folder, dir names,
     file names)`` (sorted, hidden ones left out), follows symlinked folders but enters each real folder once, goes
     at most ``max_depth`` levels down and stops after ``max_entries`` folder entries in all (logged)."""
+    max_depth = MAX_LIST_DEPTH if max_depth is None else max_depth
+    max_entries = MAX_LIST_ENTRIES if max_entries is None else max_entries
     seen: set[tuple[int, int]] = set()
     budget = max_entries
     stack = [(Path(root), 0)]
@@ -264,7 +266,7 @@ def list_files(folder: Path, suffixes: tuple[str, ...], recursive: bool = True) 
     if not folder.is_dir():
         return []
     out = []
-    for root, _dirs, files in walk(folder, max_depth=MAX_LIST_DEPTH if recursive else 0):
+    for root, _dirs, files in walk(folder, max_depth=None if recursive else 0):
         for f in files:
             if f.lower().endswith(suffixes):
                 out.append((root / f).relative_to(folder).as_posix())

@@ -16,7 +16,7 @@ from ..anytalk_core.media import (
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
-from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path, validate_typed_path
+from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
