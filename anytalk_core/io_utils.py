@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["unique_path", "check_can_write", "atomic_output", "new_temp_path", "commit", "discard"]
+__all__ = ["unique_path", "check_can_write", "atomic_output", "new_temp_path", "remove_stale_temp_files", "commit",
+           "discard"]
 
 
 def unique_path(path: str | os.PathLike, digits: int = 5) -> Path:
@@ -63,16 +66,67 @@ def _apply_umask(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+#: Temporary files are ``.<name>.<host>p<pid>r<random>.tmp<suffix>`` beside the file being written: the writing
+#: machine (a hash of its host name) and process id tell a later writer which are left over from a killed run.
+_TEMP_NAME = re.compile(r"^\..*\.([0-9a-f]{6})p(\d+)r[0-9a-f]{8}\.tmp(\.[^.]*)?$")
+_TEMP_STEM_CHARS = 100
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:6]
+
+
 def new_temp_path(final: Path) -> Path:
-    """Create an empty hidden temp file next to ``final`` (same file system, so the rename is atomic)."""
+    """Create an empty hidden temp file next to ``final`` (same file system, so the rename is atomic).
+
+    Its name carries this machine and process (``.NAME.<host>p<pid>r<hex>.tmp.EXT``); stale temp files of
+    processes that no longer run (killed mid-write) in the same folder are removed first.
+    """
+    remove_stale_temp_files(final.parent)
+    tag = f"{_host_tag()}p{os.getpid()}"
     while True:
-        tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
+        tmp = final.with_name(f".{final.stem[:_TEMP_STEM_CHARS]}.{tag}r{secrets.token_hex(4)}.tmp{final.suffix}")
         try:
             # open(..., "x") rather than mkstemp: the file gets the user's umask, not mode 0600.
             with open(tmp, "xb"):
                 return tmp
         except FileExistsError:
             continue
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files (see :func:`new_temp_path`) in ``folder`` whose writer, a process on this machine,
+    no longer runs; returns them. Temp files of live processes, of other machines (shared folders) and any other
+    file are left alone."""
+    removed = []
+    host = _host_tag()
+    for name in _listdir(Path(folder)):
+        m = _TEMP_NAME.match(name)
+        if m is None or m.group(1) != host or _process_alive(int(m.group(2))):
+            continue
+        path = Path(folder) / name
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """True if process ``pid`` runs on this machine (or it cannot be told, e.g. on Windows)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or unknown: keep its file
+    return True
 
 
 def commit(tmp: Path, final: Path, overwrite: bool) -> None:

@@ -121,63 +121,189 @@ def temp_dir() -> Path:
     return Path(fp.get_temp_directory()) if fp is not None else _fallback.temp
 
 
+#: Environment variable: more folders (``os.pathsep``-separated) a typed ``path`` widget may read from.
+EXTRA_ROOTS_ENV = "ANYTALK_EXTRA_INPUT_ROOTS"
+#: Longest file or folder name accepted in a typed path or a save prefix (bytes, UTF-8). File systems allow 255;
+#: saves add a counter and a temporary-file tag to the prefix, so prefixes get less.
+MAX_NAME_BYTES = 255
+MAX_PREFIX_NAME_BYTES = 200
+#: Longest typed path accepted (characters).
+MAX_PATH_CHARS = 4096
+#: File listings (the combo boxes of Load Video, Load Audio, Load Motion, Load Model) stop this deep and after
+#: this many folder entries, and never enter a folder twice (symlink loops), so /object_info always returns.
+MAX_LIST_DEPTH = 8
+MAX_LIST_ENTRIES = 20_000
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message, shortened to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "\u2026")
+
+
+def check_path_text(text: str, what: str) -> None:
+    """Refuse names no file system takes (NUL, too long) with one ValueError line instead of an OSError."""
+    if "\x00" in text:
+        raise ValueError(f"{what} {shown(text)} contains a NUL character")
+    if len(text) > MAX_PATH_CHARS:
+        raise ValueError(f"{what} is too long ({len(text)} characters; at most {MAX_PATH_CHARS})")
+    for part in text.replace("\\", "/").split("/"):
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(f"{what} {shown(text)} has a file or folder name of {size} bytes; file systems allow "
+                             f"at most {MAX_NAME_BYTES}")
+
+
+def _lexical(path: str | os.PathLike) -> Path:
+    """Absolute and normalised as written (``..`` removed textually; symlinks are not followed)."""
+    return Path(os.path.normpath(os.path.abspath(os.fspath(path))))
+
+
 def annotated_path(name: str) -> Path:
-    """``"clip.mp4"`` (input folder) or ``"x.safetensors [output]"`` -> a path inside that folder."""
+    """``"clip.mp4"`` (input folder) or ``"x.safetensors [output]"`` -> a path inside that folder.
+
+    As ComfyUI's ``folder_paths``: the name is joined to the folder and normalised as written, so ``..`` cannot
+    leave it, while symlinks the server owner placed inside the folder are followed when the file is opened.
+    """
+    check_path_text(name, "file name")
     for tag, folder in (("[output]", output_dir), ("[input]", input_dir), ("[temp]", temp_dir)):
         if name.endswith(" " + tag) or name.endswith(tag):
             base, rel = folder(), name[: -len(tag)].rstrip()
             break
     else:
         base, rel = input_dir(), name
-    path = (base / rel).resolve()
-    if not _inside(base.resolve(), path):
-        raise ValueError(f"{name!r} points outside the {base} folder")
+    base = _lexical(base)
+    path = _lexical(base / rel)
+    if not _inside(base, path) or path == base:
+        raise ValueError(f"{shown(name)} is not a file name inside ComfyUI's {base.name} folder")
+    return path
+
+
+def readable_roots() -> list[Path]:
+    """Folders a typed ``path`` widget may name: ComfyUI's input, output and temp folders (all three are served
+    by ComfyUI's /view anyway) and those the server owner adds in ``$ANYTALK_EXTRA_INPUT_ROOTS``."""
+    roots = [input_dir(), output_dir(), temp_dir()]
+    for extra in os.environ.get(EXTRA_ROOTS_ENV, "").split(os.pathsep):
+        extra = extra.strip()
+        if extra and os.path.isabs(os.path.expanduser(extra)):
+            roots.append(Path(os.path.expanduser(extra)))
+    return [_lexical(r) for r in roots]
+
+
+def confined_path(typed: str, what: str) -> Path:
+    """A typed path (absolute, ``~``, or relative to the input folder), normalised as written and required to lie
+    in :func:`readable_roots`. The refusal is the same whether or not the file exists."""
+    text = typed.strip()
+    check_path_text(text, what)
+    expanded = os.path.expanduser(text)
+    path = _lexical(expanded if os.path.isabs(expanded) else _lexical(input_dir()) / expanded)
+    if not any(_inside(root, path) for root in readable_roots()):
+        raise ValueError(f"{what} {shown(text)} is outside the folders AnyTalk reads on this ComfyUI server "
+                         "(ComfyUI's input, output and temp folders): put the file in the input folder (or upload "
+                         f"it), or, as the server's owner, add its folder to {EXTRA_ROOTS_ENV}")
     return path
 
 
 def _inside(folder: Path, path: Path) -> bool:
     try:
-        return os.path.commonpath([str(folder), str(path)]) == str(folder)
+        a, b = os.path.normcase(str(folder)), os.path.normcase(str(path))
+        return os.path.commonpath([a, b]) == a
     except ValueError:
         return False
 
 
+def walk(root: Path, max_depth: int | None = None, max_entries: int | None = None):
+    """``os.walk(root, followlinks=True)`` made safe for folders anyone can fill: yields ``(folder, dir names,
+    file names)`` (sorted, hidden ones left out), follows symlinked folders but enters each real folder once, goes
+    at most ``max_depth`` levels down and stops after ``max_entries`` folder entries in all (logged)."""
+    max_depth = MAX_LIST_DEPTH if max_depth is None else max_depth
+    max_entries = MAX_LIST_ENTRIES if max_entries is None else max_entries
+    seen: set[tuple[int, int]] = set()
+    budget = max_entries
+    stack = [(Path(root), 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue  # a symlink back to a folder already listed
+        seen.add((st.st_dev, st.st_ino))
+        dirs, files = [], []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    budget -= 1
+                    if budget < 0:
+                        break
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir():  # follows symlinks
+                            dirs.append(entry.name)
+                        elif entry.is_file():
+                            files.append(entry.name)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        dirs.sort()
+        files.sort()
+        yield folder, dirs, files
+        if budget < 0:
+            log.warning("AnyTalk: stopped listing %s after %d entries (the list shows what was found so far)",
+                        root, max_entries)
+            return
+        if depth < max_depth:
+            stack.extend((folder / d, depth + 1) for d in reversed(dirs))
+
+
 def list_files(folder: Path, suffixes: tuple[str, ...], recursive: bool = True) -> list[str]:
-    """Relative names (``/`` separated) of the files under ``folder`` with one of the endings, sorted."""
+    """Relative names (``/`` separated) of the files under ``folder`` with one of the endings, sorted.
+
+    Bounded and loop-safe (:func:`walk`): a symlink loop or a huge folder cannot stall ComfyUI's /object_info.
+    """
     if not folder.is_dir():
         return []
     out = []
-    walker = os.walk(folder, followlinks=True) if recursive else [(str(folder), [], os.listdir(folder))]
-    for root, dirs, files in walker:
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, _dirs, files in walk(folder, max_depth=None if recursive else 0):
         for f in files:
-            if f.startswith(".") or not f.lower().endswith(suffixes):
-                continue
-            full = Path(root) / f
-            if full.is_file():
-                out.append(full.relative_to(folder).as_posix())
+            if f.lower().endswith(suffixes):
+                out.append((root / f).relative_to(folder).as_posix())
     return sorted(out)
 
 
 def save_location(prefix: str, width: int = 0, height: int = 0, temp: bool = False) -> tuple[Path, str, str]:
     """(folder, file stem, subfolder) for an output named by a ComfyUI ``filename_prefix``.
 
-    Inside ComfyUI ``folder_paths.get_save_image_path`` expands ``%date:...%`` and similar patterns and
-    checks the prefix stays in the folder; the fallback accepts ``sub/dir/name`` without ``..``.
+    Inside ComfyUI ``folder_paths.get_save_image_path`` expands ``%date:...%`` and similar patterns; the fallback
+    accepts ``sub/dir/name``. Both refuse a prefix that leaves the folder, is too long, or names a hidden file or
+    folder (``""``, ``"."``, ``".."``, ``".x"``: the load nodes never list those).
     """
     base = temp_dir() if temp else output_dir()
+    text = prefix.strip().replace("\\", "/")
+    check_path_text(text, "filename prefix")
+    for part in text.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PREFIX_NAME_BYTES:
+            raise ValueError(f"filename prefix {shown(text)} has a name longer than {MAX_PREFIX_NAME_BYTES} bytes "
+                             "(a counter and the file type are added to it): shorten it")
+    if not _inside(_lexical(base), _lexical(_lexical(base) / text)):
+        raise ValueError(f"filename prefix {shown(text)} would save outside the output folder")
     fp = folder_paths()
     if fp is not None:
-        folder, name, _counter, subfolder, _prefix = fp.get_save_image_path(prefix, str(base), width, height)
-        return Path(folder), name, subfolder
-    prefix = prefix.strip().replace("\\", "/")
-    if not prefix or prefix.endswith("/"):
-        raise ValueError(f"filename prefix {prefix!r} needs a file name (e.g. 'AnyTalk' or 'videos/AnyTalk')")
-    sub, _, name = prefix.rpartition("/")
-    folder = (base / sub).resolve()
-    if not _inside(base.resolve(), folder):
-        raise ValueError(f"filename prefix {prefix!r} would save outside the output folder {base}")
-    return folder, name, sub
+        folder, name, _counter, subfolder, _prefix = fp.get_save_image_path(text, str(base), width, height)
+        folder, subfolder = Path(folder), subfolder.replace("\\", "/")
+    else:
+        if text.endswith("/"):
+            text = text.rstrip("/")
+        subfolder, _, name = text.rpartition("/")
+        folder = _lexical(_lexical(base) / subfolder)
+    for part in [*subfolder.split("/"), name]:
+        if part.startswith(".") or not name:
+            raise ValueError(f"filename prefix {shown(prefix)} names a hidden file or folder (starting with '.') "
+                             "or no file name; load nodes never list those: use a name such as 'AnyTalk' or "
+                             "'videos/AnyTalk'")
+    return folder, name, subfolder
 
 
 # --------------------------------------------------------------------------------------------------

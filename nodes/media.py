@@ -16,7 +16,7 @@ from ..anytalk_core.media import (
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
-from ._files import file_signature, resolve_input_file
+from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
@@ -68,20 +68,16 @@ class AnyTalkLoadVideo:
                 "max_size": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
                                      "tooltip": "Downscale so the longer side is at most this many pixels (0 = keep). "
                                                 "Long high-resolution clips take a lot of memory as IMAGE batches."}),
-                "path": ("STRING", {"default": "", "tooltip": "Optional full path of a video; when set it is used "
-                                                              "instead of the list below."}),
+                "path": ("STRING", {"default": "", "tooltip": "Optional path of a video; when set it is used instead of "
+                                                              "the list below. " + TYPED_PATH_NOTE}),
                 "video": (_choices(VIDEO_SUFFIXES, "video"), {"video_upload": True,
                                                              "tooltip": "A video from ComfyUI's input folder."}),
             }
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, path, video):
-        try:
-            resolve_input_file(video, path, "video")
-        except AnyTalkError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, path):
+        return validate_typed_path(path, "video")
 
     @classmethod
     def IS_CHANGED(cls, path, video, **_):
@@ -159,8 +155,8 @@ class AnyTalkLoadAudio:
                 "sample_rate": ("INT", {"default": 0, "min": 0, "max": 192000, "step": 1,
                                         "tooltip": "Resample to this rate in Hz (0 = the file's own)."}),
                 "mono": ("BOOLEAN", {"default": False, "tooltip": "Average the channels into one."}),
-                "path": ("STRING", {"default": "", "tooltip": "Optional full path of an audio or video file; when "
-                                                              "set it is used instead of the list below."}),
+                "path": ("STRING", {"default": "", "tooltip": "Optional path of an audio or video file; when set it "
+                                                              "is used instead of the list below. " + TYPED_PATH_NOTE}),
                 # no "audio_upload" flag: the front end's audio upload widget comes with ComfyUI's own audio
                 # nodes, and where those fail to import (no torchaudio) it refuses to register this node
                 "audio": (_choices(AUDIO_SUFFIXES, "audio"), {"tooltip": "An audio (or video) file from ComfyUI's "
@@ -169,12 +165,8 @@ class AnyTalkLoadAudio:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, path, audio):
-        try:
-            resolve_input_file(audio, path, "audio")
-        except AnyTalkError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, path):
+        return validate_typed_path(path, "audio")
 
     @classmethod
     def IS_CHANGED(cls, path, audio, **_):

@@ -29,16 +29,14 @@ def _liveportrait_entries(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     entries = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        here = Path(folder)
+    for here, _dirs, files in _comfy.walk(root):
         stems = {os.path.splitext(f)[0] for f in files}
         if LP_MODULE in stems:
             target = here.parent if here.name.startswith("base_models") and here != root else here
             entries.add(LP_PREFIX if target == root else f"{LP_PREFIX}{target.relative_to(root).as_posix()}/")
         elif here == root:  # flattened single-file LivePortrait checkpoints at the top level
             for f in files:
-                if f.lower().endswith(_comfy.CHECKPOINT_SUFFIXES) and not f.startswith("."):
+                if f.lower().endswith(_comfy.CHECKPOINT_SUFFIXES):
                     entries.add(LP_PREFIX + f)
     return sorted(entries)
 
@@ -56,25 +54,34 @@ def checkpoint_choices() -> list[str]:
 
 
 def resolve_checkpoint(name: str) -> Path:
-    """The file or folder a checkpoint choice names, or an error saying where to put it."""
+    """The file or folder a checkpoint choice names, or an error saying where to put it.
+
+    As ComfyUI's ``folder_paths.get_full_path``: the name is normalised as written inside each model folder (``..``
+    cannot leave it) and symlinks the owner placed there are followed.
+    """
+    try:
+        _comfy.check_path_text(name, "AnyTalk Load Model: checkpoint name")
+    except ValueError as exc:
+        raise AnyTalkError(str(exc)) from None
     if name.startswith(DEMO_PREFIX):
         roots, rel = [Path(d) for d in _comfy.DEMO_DIRS], name[len(DEMO_PREFIX):]
     elif name.startswith(LP_PREFIX):
         roots, rel = _comfy.model_dirs("liveportrait"), name[len(LP_PREFIX):]
     else:
         roots, rel = _comfy.model_dirs("anytalk"), name
-    rel = rel.rstrip("/") or "."
+    rel = os.path.relpath(os.path.join(os.sep, rel.rstrip("/") or "."), os.sep)  # ComfyUI's own normalisation
     for root in roots:
-        path = (root / rel).resolve()
-        if not _comfy._inside(root.resolve(), path):
+        path = Path(os.path.normpath(os.path.join(os.path.abspath(root), rel)))
+        try:
+            if path.exists():
+                return path
+        except OSError:
             continue
-        if path.exists():
-            return path
     where = " or ".join(str(r) for r in roots) or "models/anytalk"
     raise AnyTalkError(
-        f"AnyTalk Load Model: checkpoint {name!r} not found in {where}. Put AnyTalk/face-vid2vid checkpoints in "
-        "ComfyUI/models/anytalk/ and LivePortrait weight folders in ComfyUI/models/liveportrait/, then press R "
-        "(refresh) in ComfyUI")
+        f"AnyTalk Load Model: checkpoint {_comfy.shown(name)} not found in {where}. Put AnyTalk/face-vid2vid "
+        "checkpoints in ComfyUI/models/anytalk/ and LivePortrait weight folders in ComfyUI/models/liveportrait/, "
+        "then press R (refresh) in ComfyUI")
 
 
 class AnyTalkLoadModel:

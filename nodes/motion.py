@@ -9,7 +9,7 @@ from ..anytalk_core.engine import smooth_motion
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
 from . import _comfy
-from ._files import file_signature, resolve_input_file
+from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import (
     CATEGORY,
     AnyTalkError,
@@ -298,20 +298,16 @@ class AnyTalkLoadMotion:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "path": ("STRING", {"default": "", "tooltip": "Optional full path of a motion file; when set it is "
-                                                              "used instead of the list below."}),
+                "path": ("STRING", {"default": "", "tooltip": "Optional path of a motion file; when set it is used "
+                                                              "instead of the list below. " + TYPED_PATH_NOTE}),
                 "motion_file": (motion_file_choices(), {"tooltip": "A motion file from the input folder or from "
                                                                    "output/anytalk_motion."}),
             }
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, path, motion_file):
-        try:
-            resolve_input_file(motion_file, path, "motion")
-        except AnyTalkError as exc:
-            return str(exc)
-        return True
+    def VALIDATE_INPUTS(cls, path):
+        return validate_typed_path(path, "motion")
 
     @classmethod
     def IS_CHANGED(cls, path, motion_file):

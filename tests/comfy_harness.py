@@ -393,8 +393,8 @@ class Executor:
         if v_args or v_kwargs:
             args = {k: v for k, v in constants.items() if k in v_args or v_kwargs}
             result = cls.VALIDATE_INPUTS(**args)
-            if result is not True:
-                errors.append(f"node {nid} ({node['class_type']}): {result}")
+            if result is not True:  # ComfyUI reports the message against every input the method names
+                errors += [f"node {nid} ({node['class_type']}) input {name!r}: {result}" for name in args]
         return errors
 
     # -- execution ----------------------------------------------------------------------------

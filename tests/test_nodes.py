@@ -326,7 +326,9 @@ def test_save_and_load_motion_round_trip_without_overwriting(env, motion):
     assert count == 6 and fps == 24.0 and torch.equal(m.expression, motion.expression)
     with pytest.raises(AnyTalkError, match="outside the output folder"):
         call("AnyTalkSaveMotion", motion=motion, filename_prefix="../escape")
-    assert "not found" in N["AnyTalkLoadMotion"].VALIDATE_INPUTS(path="/no/such.safetensors", motion_file=name)
+    missing = env.base / "output" / "anytalk_motion" / "no_such.safetensors"
+    assert "not found" in N["AnyTalkLoadMotion"].VALIDATE_INPUTS(path=str(missing))
+    assert "outside the folders" in N["AnyTalkLoadMotion"].VALIDATE_INPUTS(path="/no/such.safetensors")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,7 +450,11 @@ def test_load_video_frames_audio_fps(env):
     _, a3, _, _ = call("AnyTalkLoadVideo", frame_rate=0.0, max_frames=0, skip_first_frames=0, max_size=0,
                        path=str(silent), video="anytalk_driving.mp4")
     assert a3["waveform"].abs().max() == 0 and a3["waveform"].shape[2] == round(4 / 25 * 16000)
-    assert "not found" in N["AnyTalkLoadVideo"].VALIDATE_INPUTS(path="", video="nope.mp4")
+    assert N["AnyTalkLoadVideo"].VALIDATE_INPUTS(path="") is True  # the file list is ComfyUI's own check
+    assert "not found" in N["AnyTalkLoadVideo"].VALIDATE_INPUTS(path="nope.mp4")
+    with pytest.raises(AnyTalkError, match="not found"):
+        call("AnyTalkLoadVideo", frame_rate=0.0, max_frames=0, skip_first_frames=0, max_size=0, path="",
+             video="nope.mp4")
     sig = N["AnyTalkLoadVideo"].IS_CHANGED(path="", video="anytalk_driving.mp4")
     assert sig and sig != N["AnyTalkLoadVideo"].IS_CHANGED(path="", video="anytalk_driving_b.mp4")
 

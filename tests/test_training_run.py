@@ -258,11 +258,35 @@ def test_setup_errors_are_one_clear_line_before_training(tmp_path, straight_run,
     fails(cfg2, "--resume", match="corrupt (checksum mismatch")
     (run2 / "last.safetensors").write_bytes(last.read_bytes()[: len(data) // 2])
     fails(cfg2, "--resume", match="not a readable training checkpoint (truncated or corrupt")
+    # ... with an intact older snapshot of the run beside it: the error names it
+    shutil.copy(last, run2 / "epoch_0002.safetensors")
+    err = fails(cfg2, "--resume", match="not a readable training checkpoint (truncated or corrupt")
+    assert f"--resume-from {run2 / 'epoch_0002.safetensors'} (step 6)" in err
+    (run2 / "epoch_0002.safetensors").unlink()
     shutil.copy(tmp / "run" / "model.safetensors", run2 / "last.safetensors")
     fails(cfg2, "--resume", match="not an AnyTalk training checkpoint (an inference checkpoint")
     shutil.copy(last, run2 / "last.safetensors")
     fails(cfg2, "--resume", "model.overrides={generator = {num_middle_blocks = 2}}", match="another model configuration")
     assert not (tmp_path / "run2" / "model.safetensors").exists()
+
+
+def test_weight_files_are_checked_before_the_data_and_networks_are_built(tmp_path, regressor, capsys):
+    """A pickle that needs code to load (model.init_from, perceptual.vgg19_weights) is refused first: the data
+    folder named in the same config does not exist, and that is not what the error is about."""
+    import pickle
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(os.getcwd))  # loading it would call into the os module
+    cfg = write_config(tmp_path / "c.toml", {**base_config(tmp_path / "run", regressor),
+                                             "data": {"sources": [{"kind": "video_folder", "domain": "human",
+                                                                   "path": str(tmp_path / "no_such_vox")}]}})
+    for override, match in ((f"model.init_from={evil}", "model.init_from: "),
+                            (f"perceptual.vgg19_weights={evil}", "evil.pth")):
+        rc = cli.main([str(cfg), override])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err and "refusing to load" in err and "no_such_vox" not in err, err
+    rc = cli.main([str(cfg)])
+    assert rc == 2 and "no_such_vox" in capsys.readouterr().err  # the data folder would have failed next
 
 
 def test_export_only_writes_a_new_file_next_to_an_existing_one(straight_run):

@@ -228,7 +228,9 @@ def _node(prompt, class_type):
      "ANYTALK_SOURCE is not ANYTALK_WARP"),
     (lambda p: p[_node(p, "AnyTalkGenerate")]["inputs"].pop("warp"), "required input 'warp' is missing"),
     (lambda p: p[_node(p, "AnyTalkWarp3D")]["inputs"].update(model="demo"), "must be linked"),
-    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(video="missing.mp4"), "video file not found"),
+    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(video="missing.mp4"), "'missing.mp4' not in list"),
+    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(path="missing.mp4"), "video file not found"),
+    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(path="/etc/passwd"), "outside the folders"),
     (lambda p: p.pop(_node(p, "AnyTalkAssembleVideo")) and p.pop(_node(p, "PreviewImage")), "no outputs"),
 ])
 def test_harness_rejects_invalid_graphs_like_comfyui(env, edit, message):

@@ -66,7 +66,7 @@ from anytalk_core.models.audio2motion import AudioToMotion
 from anytalk_core.models.config import AudioToMotionConfig, ModelConfig
 from anytalk_core.motion import Motion
 
-from .checkpointing import (EpochMultiStepLR, TrainStateError, install_interrupt_handlers, read_train_state,
+from .checkpointing import (EpochMultiStepLR, TrainStateError, install_interrupt_handlers, read_resume_state,
                             restore_signal_handlers, restore_train_state, save_train_state)
 from .config import ConfigError, config_hash, output_dir, public
 from .data import DataError
@@ -385,6 +385,8 @@ class AudioMotionTrainer:
                              f"anytalk convert {self.init_from} model.safetensors")
         if self.init_from and not os.path.isfile(self.init_from):
             raise SetupError(f"model.init_from: {self.init_from}: file not found")
+        # a damaged resume checkpoint fails before the clips are loaded (naming an intact older snapshot)
+        self._resume_state = read_resume_state(resume_path) if resume_path is not None else None
         fps = float(cfg["data"]["fps"])
         self.sources = [normalise_audio_source(s, i, fps, "data.sources") for i, s in enumerate(cfg["data"]["sources"])]
         self.val_sources = [normalise_audio_source(s, i, fps, "data.val_sources")
@@ -500,7 +502,7 @@ class AudioMotionTrainer:
         return torch.linalg.lstsq(x, y).solution[:, 0].float()
 
     def _resume(self, path: Path) -> None:
-        state = read_train_state(path)
+        state, self._resume_state = self._resume_state or read_resume_state(path), None
         saved = json.loads(state.meta["model_config"])
         if saved != json.loads(_net_config_json(self.net_config)):
             raise TrainStateError(f"{path}: trained with another audio-to-motion configuration; resume with the run's "

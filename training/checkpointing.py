@@ -203,6 +203,41 @@ def read_train_state(path: str | os.PathLike, verify: bool = True) -> TrainState
     return TrainState(path, tensors, meta, step, epoch, json.loads(meta.get("extra", "{}")))
 
 
+def read_resume_state(path: str | os.PathLike) -> TrainState:
+    """:func:`read_train_state` for ``--resume``: when the checkpoint is damaged (e.g. the disk filled up or the
+    machine died while it was copied) the error names the newest intact snapshot of the same run to resume from."""
+    try:
+        return read_train_state(path)
+    except TrainStateError as exc:
+        older = intact_snapshot(os.path.dirname(os.fspath(path)) or ".", exclude=path)
+        if older is None:
+            raise
+        raise TrainStateError(f"{exc}. An intact older snapshot of this run exists: continue from it with "
+                              f"--resume-from {older[0]} (step {older[1]})") from None
+
+
+def intact_snapshot(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> tuple[str, int] | None:
+    """(path, step) of the newest training checkpoint in ``folder`` that reads and verifies, else None."""
+    names = [n for n in _listdir(folder) if n.endswith(".safetensors") and not n.startswith(".")]
+    paths = [os.path.join(os.fspath(folder), n) for n in names]
+    skip = os.path.abspath(os.fspath(exclude)) if exclude is not None else None
+    paths = [p for p in paths if os.path.abspath(p) != skip and os.path.isfile(p)]
+    for p in sorted(paths, key=os.path.getmtime, reverse=True):
+        try:
+            state = read_train_state(p)
+        except TrainStateError:
+            continue
+        return p, state.step
+    return None
+
+
+def _listdir(folder) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
 def _optimizer_states(state: TrainState, optimizers: dict[str, torch.optim.Optimizer]) -> dict:
     groups = json.loads(state.meta["param_groups"])
     other = json.loads(state.meta.get("optimizer_other", "{}"))

@@ -38,6 +38,7 @@ from .checkpointing import (
     restore_signal_handlers,
     EpochMultiStepLR,
     TrainStateError,
+    read_resume_state,
     read_train_state,
     restore_train_state,
     save_train_state,
@@ -140,9 +141,9 @@ def _deep_update(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def load_initial_weights(model: nn.Module, path: str, log) -> tuple[dict, "object | None"]:
-    """Start from existing weights: an inference checkpoint / face-vid2vid file, or a training state
-    (returned too, for its optimiser moments)."""
+def read_initial_weights(path: str) -> tuple[dict, "object | None"]:
+    """The weights ``model.init_from`` names: (state dict, training state or None). Read before any other set-up
+    work, so a file that cannot be used (missing, a pickle that needs code, garbage) fails at once."""
     from safetensors import safe_open
 
     fmt = ""
@@ -155,11 +156,19 @@ def load_initial_weights(model: nn.Module, path: str, log) -> tuple[dict, "objec
     train_state = None
     if fmt == "anytalk.train_state":
         train_state = read_train_state(path)
-        state = train_state.model_state()
-    else:
-        if not os.path.exists(path):
-            raise SetupError(f"model.init_from: {path}: file not found")
-        state = dict(read_weights(path, "face_vid2vid").state)
+        return train_state.model_state(), train_state
+    if not os.path.exists(path):
+        raise SetupError(f"model.init_from: {path}: file not found")
+    try:
+        return dict(read_weights(path, "face_vid2vid").state), None
+    except CheckpointError as exc:
+        raise SetupError(f"model.init_from: {exc}") from None
+
+
+def load_initial_weights(model: nn.Module, path: str, log, weights: tuple | None = None) -> tuple[dict, "object | None"]:
+    """Start from existing weights: an inference checkpoint / face-vid2vid file, or a training state
+    (returned too, for its optimiser moments). ``weights``: what :func:`read_initial_weights` read already."""
+    state, train_state = weights if weights is not None else read_initial_weights(path)
     # An audio-to-motion part predicts this model's current motion estimator: it is not carried over (retrain it
     # on the new model with training/configs/audio2motion.toml).
     dropped_audio = any(k.startswith("audio2motion.") for k in state)
@@ -402,6 +411,13 @@ class Trainer:
         init_from = os.path.expanduser(cfg["model"]["init_from"]) if cfg["model"]["init_from"] and not resume_path else ""
         if init_from and not os.path.isfile(init_from):
             raise SetupError(f"model.init_from: {init_from}: file not found")
+        # every file the config names is read before the data and the networks are built: a bad one fails at once
+        init_weights = read_initial_weights(init_from) if init_from else None
+        self._resume_state = read_resume_state(resume_path) if resume_path is not None else None
+        self._vgg19 = None
+        vgg_path = cfg["perceptual"]["vgg19_weights"]
+        if vgg_path and any(float(w) for w in cfg["perceptual"]["weights"]):
+            self._vgg19 = load_vgg19(os.path.expanduser(vgg_path))
 
         # data (a bad folder fails here)
         self.dataset = build_dataset(cfg, self.image_size)
@@ -429,8 +445,8 @@ class Trainer:
         self.model = build_model(self.model_config, with_discriminator=True)
         self.init_info, init_state = None, None
         if cfg["model"]["init_from"] and not resume_path:
-            self.init_info, init_state = load_initial_weights(self.model, os.path.expanduser(cfg["model"]["init_from"]),
-                                                              self.log)
+            self.init_info, init_state = load_initial_weights(self.model, init_from, self.log, init_weights)
+            del init_weights
             if cfg["model"]["init_optimizers"] and init_state is None:
                 raise SetupError("model.init_optimizers = true needs a training checkpoint (checkpoints/*.safetensors "
                                  "of a run) in model.init_from, not an inference checkpoint")
@@ -533,7 +549,8 @@ class Trainer:
         p = cfg["perceptual"]
         if any(float(w) for w in p["weights"]):
             if p["vgg19_weights"]:
-                vgg = load_vgg19(os.path.expanduser(p["vgg19_weights"])).to(self.device)
+                vgg = (self._vgg19 or load_vgg19(os.path.expanduser(p["vgg19_weights"]))).to(self.device)
+                self._vgg19 = None
                 smallest = min(p["scales"]) * self.image_size
                 if smallest < VGG19_MIN_SIDE:
                     raise SetupError(f"perceptual.scales: the smallest pyramid level is {smallest:g} px; VGG-19's "
@@ -593,7 +610,7 @@ class Trainer:
         return setup
 
     def _resume(self, path: Path) -> None:
-        state = read_train_state(path)
+        state, self._resume_state = self._resume_state or read_resume_state(path), None
         saved_model = json.loads(state.meta["model_config"])
         if saved_model != json.loads(self.model_config.to_json()):
             diff = sorted(k for k in set(saved_model) | set(json.loads(self.model_config.to_json()))
