@@ -162,5 +162,6 @@ def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int
     if first is None:
         raise ValueError(f"{driving}: the video has no frames")
     driving_spec = crop_spec_for(first[:1].permute(0, 3, 1, 2).float() / 255, options.driving_crop, size)
-    for piece in itertools.chain([first], frames):
-        yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)
+    for piece in itertools.chain([first], frames):  # frame by frame: a full-size float copy of one frame at most
+        yield torch.cat([apply_crop(frame.permute(2, 0, 1).unsqueeze(0).float() / 255, driving_spec)
+                         for frame in piece])
