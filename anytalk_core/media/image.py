@@ -46,6 +46,8 @@ def load_image(path: str | os.PathLike, background: Background | None = WHITE) -
             limits.check_pixels(image.width, image.height, f"{p}: the image")  # from the header, before decoding
             image.load()
             rgb = to_rgb_array(image, background=background, dtype=np.float32)
+    except limits.LimitError:
+        raise
     except Image.DecompressionBombError as e:
         raise ValueError(f"image is too large to load safely: {p} ({e})") from None
     except UnidentifiedImageError:
