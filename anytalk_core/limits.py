@@ -10,7 +10,7 @@ variable                   default                  what it bounds
 =========================  =======================  ==========================================================
 ``ANYTALK_MAX_SECONDS``    1800 (30 minutes)        length of a video, an audio track and a motion file
 ``ANYTALK_MAX_PIXELS``     50,000,000 (50 Mpx)      width x height of one decoded image or video frame
-``ANYTALK_MAX_IMAGE_GB``   2                        the IMAGE batch Load Video returns (frames x H x W x 3 x 4 B)
+``ANYTALK_MAX_IMAGE_GB``   8                        the IMAGE batch Load Video returns (frames x H x W x 3 x 4 B)
 =========================  =======================  ==========================================================
 
 Frame rates are bounded too, without a variable: :data:`MIN_FPS` to :data:`MAX_FPS` (the nodes' own range).
@@ -26,7 +26,7 @@ __all__ = ["LimitError", "MIN_FPS", "MAX_FPS", "max_seconds", "max_pixels", "max
 MIN_FPS = 0.1
 MAX_FPS = 240.0
 
-_DEFAULTS = {"ANYTALK_MAX_SECONDS": 1800.0, "ANYTALK_MAX_PIXELS": 50_000_000.0, "ANYTALK_MAX_IMAGE_GB": 2.0}
+_DEFAULTS = {"ANYTALK_MAX_SECONDS": 1800.0, "ANYTALK_MAX_PIXELS": 50_000_000.0, "ANYTALK_MAX_IMAGE_GB": 8.0}
 
 
 class LimitError(ValueError):

@@ -22,7 +22,7 @@ import torch
 from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full, paste_back
 from .engine import Engine, EngineConfig, smooth_motion
 from .io_utils import check_can_write
-from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_video, read_audio
+from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_audio, probe_video, read_audio
 from .models.base import TalkingHeadModel, TransferOptions
 from .motion import mix
 
@@ -97,6 +97,10 @@ def check_paths(source: str, driving: str | None, out: str, overwrite: bool, ext
     check_can_write(out_path, overwrite)
     if not out_path.parent.exists():
         raise FileNotFoundError(f"{out}: the folder {out_path.parent} does not exist")
+    if driving is not None:  # headers only: a clip over the bounds (length, frame size) is refused before any work
+        probe_video(driving)
+    if audio is not None:
+        probe_audio(audio)
     return out_path
 
 

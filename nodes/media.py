@@ -13,6 +13,7 @@ from ..anytalk_core.media import (
     n_audio_samples,
     probe_video,
     read_audio,
+    scaled_size,
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
@@ -96,7 +97,10 @@ class AnyTalkLoadVideo:
         info = probe_video(p)
         fps = limits.check_fps(frame_rate, "frame_rate") if frame_rate else float(info.fps)
         chunks, kept, seen = [], 0, 0
-        progress = _comfy.Progress(max_frames or max(info.frame_count - skip_first_frames, 1))
+        expected = max(int(info.frame_count * fps / info.fps) - skip_first_frames, 1)
+        width, height = scaled_size(info.width, info.height, int(max_size))
+        limits.check_image_bytes(min(expected, max_frames or expected), height, width, p.name)  # from the headers
+        progress = _comfy.Progress(max_frames or expected)
         for piece in iter_video_frames(p, fps=float(frame_rate) if frame_rate else None, chunk=32,
                                        max_size=int(max_size)):
             progress.cancel()

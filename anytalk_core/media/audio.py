@@ -16,7 +16,8 @@ import torch
 from .. import limits
 from ._files import atomic_output, check_input_file, media_error, open_media
 
-__all__ = ["read_audio", "fit_audio_to_frames", "n_audio_samples", "write_wav", "as_waveform", "MAX_SAMPLE_RATE"]
+__all__ = ["read_audio", "probe_audio", "fit_audio_to_frames", "n_audio_samples", "write_wav", "as_waveform",
+           "MAX_SAMPLE_RATE", "MAX_CHANNELS"]
 
 MAX_SAMPLE_RATE = 192_000  #: highest sample rate decoded (studio audio's highest)
 MAX_CHANNELS = 8  #: most channels decoded (7.1 surround)
@@ -35,18 +36,8 @@ def read_audio(
     if sample_rate is not None and not 0 < int(sample_rate) <= MAX_SAMPLE_RATE:
         raise ValueError(f"sample_rate must be between 1 and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
     with open_media(p, "audio") as container:
-        if not container.streams.audio:
-            raise ValueError(f"no audio track in {p}")
-        stream = container.streams.audio[0]
-        rate = int(sample_rate or stream.codec_context.sample_rate or stream.sample_rate or 0)
-        if rate <= 0:
-            raise ValueError(f"audio track has no sample rate: {p}")
-        if rate > MAX_SAMPLE_RATE:
-            raise ValueError(f"audio track at {rate} Hz: more than the {MAX_SAMPLE_RATE} Hz accepted (a damaged file?)")
-        if (stream.codec_context.channels or 0) > MAX_CHANNELS:
-            raise ValueError(f"audio track with {stream.codec_context.channels} channels: more than the {MAX_CHANNELS} "
-                             f"accepted: {p}")
-        _check_declared_length(container, stream, p)
+        stream, _ = _checked_track(container, p)
+        rate = int(sample_rate or stream.codec_context.sample_rate or stream.sample_rate)
         chunks = _decode_planar(container, stream, rate, p)
         limit = _exact_length(container, stream, rate)
     if not chunks:
@@ -55,6 +46,34 @@ def read_audio(
     if mono:
         waveform = waveform.mean(dim=0, keepdim=True)
     return waveform.contiguous(), rate
+
+
+def probe_audio(path: str | os.PathLike) -> float | None:
+    """The first audio track's stated length in seconds (None if the file states none), without decoding.
+
+    Raises as :func:`read_audio` would for a missing track, a sample rate or channel count out of bounds,
+    or a stated length over ``limits.max_seconds()``: so callers refuse before any other work.
+    """
+    p = check_input_file(path, "Audio")
+    with open_media(p, "audio") as container:
+        return _checked_track(container, p)[1]
+
+
+def _checked_track(container: av.container.InputContainer, path: Path) -> tuple[av.audio.stream.AudioStream, float | None]:
+    """(first audio stream, stated seconds or None), refusing what is out of bounds before decoding."""
+    if not container.streams.audio:
+        raise ValueError(f"no audio track in {path}")
+    stream = container.streams.audio[0]
+    rate = int(stream.codec_context.sample_rate or stream.sample_rate or 0)
+    if rate <= 0:
+        raise ValueError(f"audio track has no sample rate: {path}")
+    if rate > MAX_SAMPLE_RATE:
+        raise ValueError(f"audio track at {rate} Hz: more than the {MAX_SAMPLE_RATE} Hz accepted (a damaged file?): "
+                         f"{path}")
+    if (stream.codec_context.channels or 0) > MAX_CHANNELS:
+        raise ValueError(f"audio track with {stream.codec_context.channels} channels: more than the {MAX_CHANNELS} "
+                         f"accepted: {path}")
+    return stream, _check_declared_length(container, stream, path)
 
 
 def n_audio_samples(n_frames: int, fps: float, sample_rate: int) -> int:
@@ -140,15 +159,16 @@ def _exact_length(
 
 def _check_declared_length(
     container: av.container.InputContainer, stream: av.audio.stream.AudioStream, path: Path
-) -> None:
+) -> float | None:
     """Refuse, before decoding, a track whose stream or container states a length over limits.max_seconds()."""
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration:
         seconds = container.duration / av.time_base
     else:
-        return
+        return None
     limits.check_seconds(seconds, f"{path}: the audio track")
+    return seconds
 
 
 def _decode_planar(

@@ -54,6 +54,7 @@ __all__ = [
     "write_video",
     "unique_path",
     "VIDEO_FORMATS",
+    "scaled_size",
 ]
 
 VIDEO_FORMATS = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
@@ -248,15 +249,21 @@ def _sampled(
 
 def _frame_rgb(frame: av.VideoFrame, max_size: int = 0) -> np.ndarray:
     """Decoded frame as uint8 RGB [H, W, 3], rotated as its display matrix says, the longer side <= ``max_size``."""
-    width, height = frame.width, frame.height
-    if max_size and max(width, height) > max_size:
-        k = max_size / max(width, height)
-        width, height = max(1, round(width * k)), max(1, round(height * k))
+    width, height = scaled_size(frame.width, frame.height, max_size)
+    if (width, height) != (frame.width, frame.height):
         rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
     else:
         rgb = frame.to_ndarray(format="rgb24")
     turns = int(round((frame.rotation or 0) / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def scaled_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(width, height) with the longer side reduced to ``max_size`` (0 = unchanged), as the decoder scales frames."""
+    if not max_size or max(width, height) <= max_size:
+        return width, height
+    k = max_size / max(width, height)
+    return max(1, round(width * k)), max(1, round(height * k))
 
 
 def _check_length(seconds: float, path: Path) -> None:
