@@ -44,7 +44,14 @@ _MAX_DIMS = 64
 
 
 class FileFormatError(ValueError):
-    """A file is not what it claims to be (corrupt, truncated, hostile); the message names the file and the fault."""
+    """A file is not what it claims to be (corrupt, truncated, hostile); the message names the file and the fault.
+
+    ``reason`` is the fault alone (without the file's name), for callers that word their own message.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,10 @@ def read_header(path: str | os.PathLike, what: str = "safetensors file") -> tupl
         with open(path, "rb") as f:
             return _parse_header(f, size)
     except _Bad as exc:
-        raise FileFormatError(f"{path}: not a readable {what} ({exc})") from None
+        raise FileFormatError(f"{path}: not a readable {what} ({exc})", reason=str(exc)) from None
     except OSError as exc:
-        raise FileFormatError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+        raise FileFormatError(f"{path}: cannot read the {what} ({exc.strerror or exc})",
+                              reason=str(exc.strerror or exc)) from None
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -92,9 +100,10 @@ def read_safetensors(path: str | os.PathLike, what: str = "safetensors file") ->
                 state[entry.name] = tensor
         return state, meta
     except _Bad as exc:
-        raise FileFormatError(f"{path}: not a readable {what} ({exc})") from None
+        raise FileFormatError(f"{path}: not a readable {what} ({exc})", reason=str(exc)) from None
     except OSError as exc:
-        raise FileFormatError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+        raise FileFormatError(f"{path}: cannot read the {what} ({exc.strerror or exc})",
+                              reason=str(exc.strerror or exc)) from None
 
 
 class _Bad(Exception):

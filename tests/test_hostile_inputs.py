@@ -121,7 +121,7 @@ def test_timestamps_are_bounded_while_decoding_when_headers_say_nothing(tmp_path
 
 def test_a_video_below_the_lowest_frame_rate_is_refused(tmp_path):
     video = write_frames(tmp_path / "slow.mkv", [0], Fraction(1000, 1), rate=Fraction(1, 1000), fmt="matroska")
-    with pytest.raises(limits.LimitError, match=r"frame rate 0\.001 fps is below 0\.1 fps.*choose a frame rate"):
+    with pytest.raises(limits.LimitError, match=r"frame rate 0\.001 fps is below 0\.1 fps.*resample it with a frame rate"):
         next(iter_video_frames(video))
     assert next(iter_video_frames(video, fps=1.0)).shape[0] >= 1  # resampling it is the way out
     with pytest.raises(limits.LimitError, match="frame rate 0.001 fps is outside 0.1 to 240 fps"):
@@ -331,3 +331,17 @@ def test_malformed_checkpoints_end_in_one_cli_line(tmp_path, capsys, command):
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("anytalk: error: ") and "__metadata__ is a JSON array" in err
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "out.mp4").exists()
+
+
+def test_cli_refuses_long_audio_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    flac = write_silent_flac(tmp_path / "speech.flac", 5.0)
+    source = tmp_path / "s.png"
+    Image.new("RGB", (64, 64)).save(source)
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"not a model")  # would fail to load: the audio is refused first
+    monkeypatch.setenv("ANYTALK_MAX_SECONDS", "2")
+    argv = ["animate", "--source", str(source), "--audio", str(flac), "--checkpoint", str(garbage),
+            "--out", str(tmp_path / "out.mp4"), "--quiet", "--device", "cpu"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "speech.flac: the audio track lasts 5.0 s, longer than the 2.0 s accepted" in err

@@ -151,7 +151,8 @@ def _iter_chunks(path: Path, rate: Fraction | None, chunk: int, max_size: int = 
             rate = _stream_rate(container, stream, path)[0]
             if rate < limits.MIN_FPS:
                 raise limits.LimitError(f"{path}: the video's frame rate {float(rate):g} fps is below "
-                                        f"{limits.MIN_FPS:g} fps (broken timing?); choose a frame rate to resample it")
+                                        f"{limits.MIN_FPS:g} fps (broken timing?); resample it with a frame rate "
+                                        "of your choice (Load Video's frame_rate, or fps=...)")
         # muxers round timestamps to their tick, so allow half a tick (never more than half a frame)
         grid = _ConstantRateGrid(rate, tolerance=min(Fraction(stream.time_base or 0) / 2, 1 / (2 * rate)))
         buffer: list[np.ndarray] = []
