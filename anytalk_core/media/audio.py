@@ -42,10 +42,25 @@ def read_audio(
         limit = _exact_length(container, stream, rate)
     if not chunks:
         raise ValueError(f"no decodable audio in {p}")
-    waveform = torch.from_numpy(np.concatenate(chunks, axis=1)[:, :limit])
+    waveform = torch.from_numpy(_joined(chunks, limit))
     if mono:
         waveform = waveform.mean(dim=0, keepdim=True)
     return waveform.contiguous(), rate
+
+
+def _joined(chunks: list[np.ndarray], limit: int | None) -> np.ndarray:
+    """Chunks [C, n] joined along time and cut to ``limit`` samples, each chunk freed once copied (no second full copy)."""
+    total = sum(c.shape[1] for c in chunks)
+    total = total if limit is None else min(total, limit)
+    out = np.empty((chunks[0].shape[0], total), np.float32)
+    done = 0
+    chunks.reverse()
+    while chunks and done < total:
+        piece = chunks.pop()
+        n = min(piece.shape[1], total - done)
+        out[:, done:done + n] = piece[:, :n]
+        done += n
+    return out
 
 
 def probe_audio(path: str | os.PathLike) -> float | None:
