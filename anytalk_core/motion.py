@@ -169,7 +169,7 @@ def validate_motion_file(path: str, tensors: dict[str, torch.Tensor], meta: dict
     fps = _file_fps(meta.get("fps", "null"), bad)
     unknown = sorted(set(tensors) - set(MOTION_TENSORS))
     if unknown:
-        raise bad(f"motion file holds unexpected tensors {[_shown(k) for k in unknown[:3]]} "
+        raise bad(f"motion file holds unexpected tensors {', '.join(_shown(k) for k in unknown[:3])} "
                   f"(a motion has {', '.join(MOTION_TENSORS)})")
     missing = [k for k in MOTION_TENSORS[:-1] if k not in tensors]
     if missing:

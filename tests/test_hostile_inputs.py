@@ -180,7 +180,7 @@ def test_motion_fps_metadata_is_validated(tmp_path, fps, message):
 
 
 @pytest.mark.parametrize("tensors, message", [
-    ({"__class__": torch.zeros(4)}, r"unexpected tensors \[\"'__class__'\"\]"),
+    ({"__class__": torch.zeros(4)}, r"unexpected tensors '__class__' \(a motion has yaw, pitch, roll, translation, expression, scale\)"),
     ({"yaw": None}, r"lacks tensors \['yaw'\]"),
     ({"yaw": torch.zeros(4, dtype=torch.int32)}, "'yaw' has dtype torch.int32"),
     ({"expression": torch.full((4, 15, 3), float("nan"))}, "'expression' holds NaN or infinite values"),
