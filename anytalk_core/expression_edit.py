@@ -62,6 +62,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from . import limits
 from .motion import POSE_FIELDS, Motion
 
 LIVEPORTRAIT_NUM_KP = 21
@@ -237,7 +238,7 @@ def scale_keypoint_deltas(motion: Motion, scales: dict[int, float] | Sequence[fl
 _SCALE_ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?[:=]\s*([^\s,;]+)\s*$")
 
 
-MAX_KEYPOINTS = 1024  #: highest keypoint count any family could have: bounds ranges parsed without a motion
+MAX_KEYPOINTS = limits.MAX_KEYPOINTS  #: bounds keypoint ranges parsed without a motion
 
 
 def parse_keypoint_scales(text: str, num_kp: int | None = None) -> dict[int, float]:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["LimitError", "MIN_FPS", "MAX_FPS", "max_seconds", "max_pixels", "max_image_bytes", "check_seconds",
+__all__ = ["LimitError", "MIN_FPS", "MAX_FPS", "MAX_KEYPOINTS", "max_seconds", "max_pixels", "max_image_bytes", "check_seconds",
            "check_pixels", "check_fps", "check_image_bytes"]
 
 MIN_FPS = 0.1
 MAX_FPS = 240.0
+MAX_KEYPOINTS = 1024  #: more keypoints than any family has: bounds motion files and keypoint ranges
 
 _DEFAULTS = {"ANYTALK_MAX_SECONDS": 1800.0, "ANYTALK_MAX_PIXELS": 50_000_000.0, "ANYTALK_MAX_IMAGE_GB": 8.0}
 

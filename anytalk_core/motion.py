@@ -186,8 +186,9 @@ def validate_motion_file(path: str, tensors: dict[str, torch.Tensor], meta: dict
         motion = Motion(family=family, fps=fps, **tensors)
     except ValueError as exc:
         raise bad(f"motion file with inconsistent shapes: {exc}") from None
-    if len(motion) == 0 or motion.num_kp == 0:
-        raise bad(f"motion file with {len(motion)} frames of {motion.num_kp} keypoints; a motion needs at least one")
+    if len(motion) == 0 or not 1 <= motion.num_kp <= limits.MAX_KEYPOINTS:
+        raise bad(f"motion file with {len(motion)} frames of {motion.num_kp} keypoints; a motion needs at least one "
+                  f"frame and 1 to {limits.MAX_KEYPOINTS} keypoints")
     if fps is not None:
         try:
             limits.check_seconds(len(motion) / fps, f"{path}: the motion ({len(motion)} frames at {fps:g} fps)")

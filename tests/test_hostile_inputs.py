@@ -188,6 +188,7 @@ def test_motion_fps_metadata_is_validated(tmp_path, fps, message):
     ({"translation": torch.full((4, 3), 1e30)}, "beyond"),
     ({"pitch": torch.zeros(5)}, "inconsistent shapes"),
     ({"expression": torch.zeros(4, 0, 3)}, "4 frames of 0 keypoints"),
+    ({"expression": torch.zeros(4, 1025, 3)}, "4 frames of 1025 keypoints; a motion needs at least one frame and 1 to 1024"),
 ])
 def test_motion_tensors_are_validated(tmp_path, tensors, message):
     with pytest.raises(MotionFileError, match=message):
