@@ -11,10 +11,11 @@ record themselves.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
+from . import limits
 from .audio_features import SAMPLE_RATE, audio_frame_count, feature_extractor, frame_windows, prepare_audio
 from .models.audio2motion import AudioToMotion
 from .models.base import NO_AUDIO2MOTION_FIX, TalkingHeadModel
@@ -105,9 +106,16 @@ def audio_to_motion(model: TalkingHeadModel, audio: object, fps: float, n_frames
     net = require_audio2motion(model)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    limits.check_fps(fps, "audio to motion")
+    if n_frames is not None:
+        limits.check_seconds(int(n_frames) / fps, f"the motion ({n_frames} frames at {fps:g} fps)")
+    seconds = _audio_seconds(audio, sample_rate)
+    if seconds is not None:  # before the waveform is converted: the conversion copies it
+        limits.check_seconds(seconds, "the speech")
     waveform = prepare_audio(audio, sample_rate)
     if n_frames is None:
         n_frames = audio_frame_count(waveform.shape[0], SAMPLE_RATE, fps)
+    limits.check_seconds(n_frames / fps, f"the motion ({n_frames} frames at {fps:g} fps)")
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     y = predict_outputs(net, waveform, float(fps), int(n_frames), chunk=chunk, progress=progress, cancel=cancel)
@@ -118,3 +126,17 @@ def audio_to_motion(model: TalkingHeadModel, audio: object, fps: float, n_frames
                              translation=float(pose_strength))
         motion.fps = float(fps)
     return motion
+
+
+def _audio_seconds(audio: object, sample_rate: int | None) -> float | None:
+    """Length of any accepted audio form in seconds, without touching its samples (None if malformed)."""
+    try:
+        if isinstance(audio, Mapping):
+            waveform, rate = audio["waveform"], audio["sample_rate"]
+        elif isinstance(audio, tuple):
+            waveform, rate = audio
+        else:
+            waveform, rate = audio, sample_rate
+        return int(waveform.shape[-1]) / int(rate)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError):
+        return None

@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import safetensors_io
 from .io_utils import atomic_output
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
 from .models.registry import ShapeError, StateDict, build_model, get_family
+from .safetensors_io import FileFormatError
 
 FORMAT_NAME = "anytalk"
 PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileFormatError):
     """A checkpoint could not be read or does not fit the model; the message names the file."""
 
 
@@ -47,46 +49,15 @@ class LoadedWeights:
 # Reading raw files
 # ------------------------------------------------------------------------------------------------
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
 def read_safetensors(path: str) -> tuple[StateDict, dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, read tensor by tensor into fresh memory.
+    """All tensors and the metadata of a safetensors file (header validated before anything is allocated).
 
-    Plain reads instead of a memory map: the file's pages never count towards the process's memory, so a
-    checkpoint occupies its own size once. Every offset and size is checked against the file.
+    See :mod:`.safetensors_io`: plain reads into fresh memory, every offset, size and shape checked first.
     """
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if not 2 <= header_len <= min(size - 8, 100_000_000):
-                raise ValueError("bad header length")
-            header = json.loads(f.read(header_len))
-            meta = header.pop("__metadata__", None) or {}
-            data_start = 8 + header_len
-            state: StateDict = {}
-            for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-                dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
-                if dtype is None:
-                    raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
-                begin, end = entry["data_offsets"]
-                shape = [int(d) for d in entry["shape"]]
-                tensor = torch.empty(shape, dtype=dtype)
-                nbytes = tensor.numel() * tensor.element_size()
-                if end - begin != nbytes or data_start + end > size or begin < 0:
-                    raise ValueError(f"tensor {name!r} lies outside the file or has the wrong size")
-                f.seek(data_start + begin)
-                if nbytes and f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != nbytes:
-                    raise ValueError(f"tensor {name!r} is cut short")
-                state[name] = tensor
-        return state, {str(k): str(v) for k, v in meta.items()}
-    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {_short(exc)})") from None
+        return safetensors_io.read_safetensors(path)
+    except FileFormatError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def read_pickle(path: str) -> object:
@@ -146,7 +117,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
     if len(head) < 9:
         return False
     n = int.from_bytes(head[:8], "little")
-    return 0 < n < 100_000_000 and head[8:9] == b"{"
+    return 0 < n <= safetensors_io.MAX_HEADER_BYTES and head[8:9] == b"{"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,11 +172,16 @@ def read_ours(path: str, family: str) -> LoadedWeights | None:
     try:
         version = int(meta.get("format_version", "0"))
         config = ModelConfig.from_json(meta["config"])
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable config metadata ({_short(exc)})") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
-    provenance = json.loads(meta.get("provenance", "{}") or "{}")
+    try:
+        provenance = json.loads(meta.get("provenance", "{}") or "{}")
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable provenance metadata ({_short(exc)})") from None
+    if not isinstance(provenance, dict):
+        raise CheckpointError(f"{path}: AnyTalk checkpoint whose provenance metadata is not a JSON object")
     return LoadedWeights(path, config.family, state, config, provenance)
 
 
@@ -311,8 +287,12 @@ def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
     # Build on the meta device and adopt the tensors (assign), each copied to fresh (aligned) memory as the
     # file's copy is released: the weights are held once, and results do not depend on how a file laid
     # them out. This consumes ``weights.state``.
-    with torch.device("meta"):
-        model = build_model(config, with_discriminator=with_discriminator)
+    try:
+        with torch.device("meta"):
+            model = build_model(config, with_discriminator=with_discriminator)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
+            RuntimeError) as exc:  # a config from a file's metadata that describes no buildable model
+        raise CheckpointError(f"{weights.path}: its config describes no buildable model ({_short(exc)})") from None
     check_state_dict(weights.path, model, state)
     weights.state = {}
     for key in list(state):

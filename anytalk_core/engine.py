@@ -181,7 +181,18 @@ class Engine:
     @torch.no_grad()
     def driven_keypoints(self, source: SourceState, driving: Motion, options: TransferOptions | None = None,
                          reference: Motion | None = None) -> torch.Tensor:
-        """Driven keypoints (N, K, 3) of the whole clip; small, so computed at once and returned on the CPU."""
+        """Driven keypoints (N, K, 3) of the whole clip; small, so computed at once and returned on the CPU.
+
+        A motion holding NaN or infinite values is refused here, as bad input, before the generator runs.
+        """
+        for label, motion in (("driving motion", driving), ("reference motion", reference)):
+            if motion is None:
+                continue
+            for name, values in motion.tensors().items():
+                if not bool(torch.isfinite(values).all()):
+                    first = int((~torch.isfinite(values)).reshape(values.shape[0], -1).any(dim=1).nonzero()[0])
+                    raise ValueError(f"the {label} holds NaN or infinite values ({name}, frame {first}): it is bad "
+                                     "input, not a precision problem; check the file or node it came from")
         ref = reference.to(self.device) if reference is not None else None
         return self.model.driven_keypoints(source, driving.to(self.device), options, ref).to("cpu")
 

@@ -62,6 +62,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from . import limits
 from .motion import POSE_FIELDS, Motion
 
 LIVEPORTRAIT_NUM_KP = 21
@@ -237,28 +238,52 @@ def scale_keypoint_deltas(motion: Motion, scales: dict[int, float] | Sequence[fl
 _SCALE_ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?[:=]\s*([^\s,;]+)\s*$")
 
 
-def parse_keypoint_scales(text: str) -> dict[int, float]:
-    """``"3:1.5, 7:0, 11-13:0.5"`` -> ``{3: 1.5, 7: 0.0, 11: 0.5, 12: 0.5, 13: 0.5}`` (empty text: ``{}``)."""
+MAX_KEYPOINTS = limits.MAX_KEYPOINTS  #: bounds keypoint ranges parsed without a motion
+
+
+def parse_keypoint_scales(text: str, num_kp: int | None = None) -> dict[int, float]:
+    """``"3:1.5, 7:0, 11-13:0.5"`` -> ``{3: 1.5, 7: 0.0, 11: 0.5, 12: 0.5, 13: 0.5}`` (empty text: ``{}``).
+
+    Every index and range end is checked against ``num_kp`` (the motion's keypoint count; without one,
+    :data:`MAX_KEYPOINTS`) before a range is expanded, so a range like ``0-999999999999`` is refused at once.
+    """
+    limit = MAX_KEYPOINTS if num_kp is None else int(num_kp)
     out: dict[int, float] = {}
     for item in re.split(r"[,;\n]", text or ""):
         if not item.strip():
             continue
         m = _SCALE_ITEM.match(item)
         if m is None:
-            raise ValueError(f"keypoint scale {item.strip()!r} is not 'keypoint:factor' (e.g. '3:1.5, 7:0, 11-13:0.5')")
+            raise ValueError(f"keypoint scale {_shown(item)} is not 'keypoint:factor' (e.g. '3:1.5, 7:0, 11-13:0.5')")
         try:
             value = float(m.group(3))
         except ValueError:
-            raise ValueError(f"keypoint scale {item.strip()!r}: {m.group(3)!r} is not a number") from None
+            raise ValueError(f"keypoint scale {_shown(item)}: {_shown(m.group(3))} is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"keypoint scale {item.strip()!r} must be finite")
-        first = int(m.group(1))
-        last = int(m.group(2)) if m.group(2) is not None else first
+            raise ValueError(f"keypoint scale {_shown(item)} must be finite")
+        first = _keypoint_index(m.group(1), limit, item, num_kp)
+        last = _keypoint_index(m.group(2), limit, item, num_kp) if m.group(2) is not None else first
         if last < first:
-            raise ValueError(f"keypoint range {item.strip()!r} runs backwards")
+            raise ValueError(f"keypoint range {_shown(item)} runs backwards")
         for index in range(first, last + 1):
             out[index] = value
     return out
+
+
+def _keypoint_index(digits: str, limit: int, item: str, num_kp: int | None) -> int:
+    """One index of a keypoint scale, refused unless ``-limit <= index < limit`` (checked before any range is expanded)."""
+    index = int(digits) if len(digits.lstrip("-")) <= 9 else None
+    if index is None or not -limit <= index < limit:
+        what = f"this motion has keypoints 0 to {limit - 1}" if num_kp is not None else \
+            f"no model has more than {limit} keypoints"
+        raise ValueError(f"keypoint scale {_shown(item)}: keypoint {_shown(digits)} does not exist ({what})")
+    return index
+
+
+def _shown(text: str, width: int = 40) -> str:
+    """A user's text quoted for an error message, cut to ``width`` characters."""
+    text = text.strip()
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 # ------------------------------------------------------------------------------------------------

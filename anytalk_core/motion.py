@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 
+from . import limits
 from .io_utils import atomic_output
+from .safetensors_io import FileFormatError, read_safetensors
 
 POSE_FIELDS = ("yaw", "pitch", "roll")
 MOTION_FORMAT = "anytalk.motion"
@@ -127,23 +130,91 @@ class Motion:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Motion":
-        from safetensors import safe_open
-
+        """Read a motion file, every field validated (see :func:`validate_motion_file`); MotionFileError if bad."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: motion file not found")
         try:
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types for garbage
-            raise ValueError(f"{path}: not a readable motion file ({exc})") from None
-        if meta.get("format") != MOTION_FORMAT:
-            raise ValueError(f"{path}: not an AnyTalk motion file (metadata format={meta.get('format')!r})")
-        missing = {"yaw", "pitch", "roll", "translation", "expression"} - set(tensors)
-        if missing:
-            raise ValueError(f"{path}: motion file lacks tensors {sorted(missing)}")
-        return cls(family=meta.get("family", "face_vid2vid"), fps=json.loads(meta.get("fps", "null")), **tensors)
+            tensors, meta = read_safetensors(path, "motion file")
+        except FileFormatError as exc:
+            raise MotionFileError(str(exc)) from None
+        return validate_motion_file(path, tensors, meta)
+
+
+class MotionFileError(FileFormatError):
+    """A motion file is malformed or out of bounds; the message names the file and the field."""
+
+
+MOTION_TENSORS = (*POSE_FIELDS, "translation", "expression", "scale")
+MAX_ABS_VALUE = 1e4  # degrees, normalised translation and expression units: real motions stay far below
+_FAMILY_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+def validate_motion_file(path: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Motion:
+    """The Motion a file's tensors and metadata describe, or one MotionFileError naming the faulty field.
+
+    Checked: the format tag, the family name, fps (JSON null or a number in limits.MIN_FPS..MAX_FPS), the
+    tensor names (exactly the motion's fields), dtypes (floating point; stored as float32), shapes (N >= 1
+    frames, K >= 1 keypoints), finite values of magnitude at most MAX_ABS_VALUE, and the duration
+    N / fps against limits.max_seconds().
+    """
+    def bad(message: str) -> MotionFileError:
+        return MotionFileError(f"{path}: {message}")
+
+    if meta.get("format") != MOTION_FORMAT:
+        raise bad(f"not an AnyTalk motion file (metadata format={_shown(meta.get('format'))})")
+    family = meta.get("family", "face_vid2vid")
+    if not _FAMILY_NAME.match(family):
+        raise bad(f"motion file with an invalid family name {_shown(family)}")
+    fps = _file_fps(meta.get("fps", "null"), bad)
+    unknown = sorted(set(tensors) - set(MOTION_TENSORS))
+    if unknown:
+        raise bad(f"motion file holds unexpected tensors {', '.join(_shown(k) for k in unknown[:3])} "
+                  f"(a motion has {', '.join(MOTION_TENSORS)})")
+    missing = [k for k in MOTION_TENSORS[:-1] if k not in tensors]
+    if missing:
+        raise bad(f"motion file lacks tensors {missing}")
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise bad(f"motion tensor {name!r} has dtype {t.dtype}; motion values are floating point")
+        tensors[name] = t.to(torch.float32)
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise bad(f"motion tensor {name!r} holds NaN or infinite values (a damaged or edited file)")
+        if t.numel() and float(tensors[name].abs().max()) > MAX_ABS_VALUE:
+            raise bad(f"motion tensor {name!r} holds values beyond +-{MAX_ABS_VALUE:g} (a damaged or edited file)")
+    try:
+        motion = Motion(family=family, fps=fps, **tensors)
+    except ValueError as exc:
+        raise bad(f"motion file with inconsistent shapes: {exc}") from None
+    if len(motion) == 0 or not 1 <= motion.num_kp <= limits.MAX_KEYPOINTS:
+        raise bad(f"motion file with {len(motion)} frames of {motion.num_kp} keypoints; a motion needs at least one "
+                  f"frame and 1 to {limits.MAX_KEYPOINTS} keypoints")
+    if fps is not None:
+        try:
+            limits.check_seconds(len(motion) / fps, f"{path}: the motion ({len(motion)} frames at {fps:g} fps)")
+        except limits.LimitError as exc:
+            raise MotionFileError(str(exc)) from None
+    return motion
+
+
+def _file_fps(text: str, bad) -> float | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad(f"motion file whose fps metadata {_shown(text)} is not JSON") from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"motion file whose fps metadata {_shown(text)} is not a number")
+    try:
+        return limits.check_fps(value, "motion file")
+    except limits.LimitError as exc:
+        raise bad(str(exc)) from None
+
+
+def _shown(value: object, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def check_same_family(a: Motion, b: Motion) -> None:

@@ -22,7 +22,7 @@ import torch
 from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full, paste_back
 from .engine import Engine, EngineConfig, smooth_motion
 from .io_utils import check_can_write
-from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_video, read_audio
+from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_audio, probe_video, read_audio
 from .models.base import TalkingHeadModel, TransferOptions
 from .motion import mix
 
@@ -97,6 +97,10 @@ def check_paths(source: str, driving: str | None, out: str, overwrite: bool, ext
     check_can_write(out_path, overwrite)
     if not out_path.parent.exists():
         raise FileNotFoundError(f"{out}: the folder {out_path.parent} does not exist")
+    if driving is not None:  # headers only: a clip over the bounds (length, frame size) is refused before any work
+        probe_video(driving)
+    if audio is not None:
+        probe_audio(audio)
     return out_path
 
 
@@ -162,5 +166,6 @@ def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int
     if first is None:
         raise ValueError(f"{driving}: the video has no frames")
     driving_spec = crop_spec_for(first[:1].permute(0, 3, 1, 2).float() / 255, options.driving_crop, size)
-    for piece in itertools.chain([first], frames):
-        yield apply_crop(piece.permute(0, 3, 1, 2).float() / 255, driving_spec)
+    for piece in itertools.chain([first], frames):  # frame by frame: a full-size float copy of one frame at most
+        yield torch.cat([apply_crop(frame.permute(2, 0, 1).unsqueeze(0).float() / 255, driving_spec)
+                         for frame in piece])

@@ -48,7 +48,7 @@ class AnyTalkExpressionEdit:
     @artist_errors("AnyTalk Expression Edit")
     def edit(self, motion, keypoint_scales="", **sliders):
         motion = check_motion(motion, "AnyTalk Expression Edit")
-        scales = parse_keypoint_scales(keypoint_scales)
+        scales = parse_keypoint_scales(keypoint_scales, motion.num_kp)
         if scales:
             motion = scale_keypoint_deltas(motion, scales)
         values = {name: float(sliders.get(name, 0.0)) for name in SLIDER_ORDER}

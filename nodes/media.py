@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 
+from ..anytalk_core import limits
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.media import (
     VideoWriter,
@@ -13,6 +13,7 @@ from ..anytalk_core.media import (
     n_audio_samples,
     probe_video,
     read_audio,
+    scaled_size,
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
@@ -90,10 +91,14 @@ class AnyTalkLoadVideo:
     def load(self, frame_rate, max_frames, skip_first_frames, max_size, path, video):
         p = resolve_input_file(video, path, "video")
         info = probe_video(p)
-        fps = float(frame_rate) if frame_rate else float(info.fps)
+        fps = limits.check_fps(frame_rate, "frame_rate") if frame_rate else float(info.fps)
         chunks, kept, seen = [], 0, 0
-        progress = _comfy.Progress(max_frames or max(info.frame_count - skip_first_frames, 1))
-        for piece in iter_video_frames(p, fps=float(frame_rate) if frame_rate else None, chunk=32):
+        expected = max(int(info.frame_count * fps / info.fps) - skip_first_frames, 1)
+        width, height = scaled_size(info.width, info.height, int(max_size))
+        limits.check_image_bytes(min(expected, max_frames or expected), height, width, p.name)  # from the headers
+        progress = _comfy.Progress(max_frames or expected)
+        for piece in iter_video_frames(p, fps=float(frame_rate) if frame_rate else None, chunk=32,
+                                       max_size=int(max_size)):
             progress.cancel()
             start = max(0, skip_first_frames - seen)
             seen += piece.shape[0]
@@ -104,16 +109,21 @@ class AnyTalkLoadVideo:
                 if max_frames and kept >= max_frames:
                     break
                 continue
-            chunks.append(_downscale(piece, max_size))
+            limits.check_image_bytes(kept + piece.shape[0], piece.shape[1], piece.shape[2], p.name)
+            chunks.append(piece)
             kept += piece.shape[0]
             progress.update(kept)
             if max_frames and kept >= max_frames:
                 break
         if not chunks:
             raise AnyTalkError(f"{p.name}: no frames left after skipping {skip_first_frames} of {seen}")
-        frames = torch.cat(chunks)
-        del chunks
-        images = frames.float().div_(255.0)
+        images = torch.empty((kept, *chunks[0].shape[1:]), dtype=torch.float32)  # filled chunk by chunk: no
+        done = 0                                                                   # second full-size copy
+        while chunks:
+            piece = chunks.pop(0)
+            images[done:done + piece.shape[0]] = piece
+            done += piece.shape[0]
+        images.div_(255.0)
         if info.has_audio:
             waveform, rate = read_audio(p)
             waveform = waveform[:, n_audio_samples(skip_first_frames, fps, rate):]
@@ -121,18 +131,6 @@ class AnyTalkLoadVideo:
         else:
             audio = silence(kept, fps)
         return (images, audio, fps, kept)
-
-
-def _downscale(frames_u8: torch.Tensor, max_size: int) -> torch.Tensor:
-    """uint8 [n, H, W, 3] with the longer side reduced to ``max_size`` (antialiased); unchanged if smaller."""
-    h, w = frames_u8.shape[1:3]
-    if not max_size or max(h, w) <= max_size:
-        return frames_u8
-    k = max_size / max(h, w)
-    size = (max(1, round(h * k)), max(1, round(w * k)))
-    x = frames_u8.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 class AnyTalkLoadAudio:

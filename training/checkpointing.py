@@ -163,8 +163,11 @@ class TrainState:
 
 
 def read_train_state(path: str | os.PathLike, verify: bool = True) -> TrainState:
-    """Read and verify a training checkpoint (format, metadata, every tensor's CRC)."""
-    from safetensors import safe_open
+    """Read and verify a training checkpoint (format, metadata, every tensor's CRC).
+
+    Read with the one validating safetensors reader (header checked before anything is allocated).
+    """
+    from anytalk_core.safetensors_io import FileFormatError, read_safetensors
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -172,11 +175,9 @@ def read_train_state(path: str | os.PathLike, verify: bool = True) -> TrainState
     if os.path.getsize(path) == 0:
         raise TrainStateError(f"{path}: training checkpoint is empty (0 bytes)")
     try:
-        with safe_open(path, "pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on garbage
-        text = " ".join(str(exc).split())[:160]
+        tensors, meta = read_safetensors(path, "training checkpoint")
+    except FileFormatError as exc:
+        text = " ".join(exc.reason.split())[:200]
         raise TrainStateError(f"{path}: not a readable training checkpoint (truncated or corrupt: {text})") from None
     if meta.get("format") != TRAIN_STATE_FORMAT:
         hint = " (an inference checkpoint: start from its weights with model.init_from instead)" \

@@ -207,16 +207,15 @@ def save_regressor(net: ExpressionRegressor, path: str | os.PathLike, report: di
 
 
 def load_regressor(path: str | os.PathLike) -> tuple[ExpressionRegressor, dict]:
-    from safetensors import safe_open
+    from anytalk_core.safetensors_io import FileFormatError, read_header
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: expression regressor weights file not found")
     try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
-        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+        meta = read_header(path)[1]
+    except FileFormatError as exc:
+        raise WeightsError(str(exc)) from None
     if meta.get("format") != REGRESSOR_FORMAT:
         raise WeightsError(f"{path}: not an AnyTalk expression regressor (metadata format={meta.get('format')!r})")
     state = read_state_dict(path, "expression regressor")

@@ -4,7 +4,7 @@ Reading never refuses an image mode (converted to RGB) and gives frames on a con
 atomic (temp file + rename) and never replaces an existing file unless ``overwrite=True``.
 """
 from ._files import unique_path
-from .audio import fit_audio_to_frames, n_audio_samples, read_audio, write_wav
+from .audio import fit_audio_to_frames, n_audio_samples, probe_audio, read_audio, write_wav
 from .image import WHITE, image_tensor_to_rgb, load_image, save_image, to_rgb_array
 from .video import (
     VIDEO_FORMATS,
@@ -14,6 +14,7 @@ from .video import (
     iter_video_frames,
     probe_video,
     read_video,
+    scaled_size,
     write_video,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "image_tensor_to_rgb",
     "save_image",
     "read_audio",
+    "probe_audio",
     "fit_audio_to_frames",
     "n_audio_samples",
     "write_wav",
@@ -33,6 +35,7 @@ __all__ = [
     "probe_video",
     "iter_video_frames",
     "read_video",
+    "scaled_size",
     "VideoWriter",
     "write_video",
     "unique_path",

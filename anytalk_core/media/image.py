@@ -11,6 +11,8 @@ Conventions, used by every caller (CLI, nodes, trainer, tests):
   images are taken as 0..1 when their maximum is <= 1, else as 0..255 (Pillow's own ``F`` -> ``L`` rule).
 - CMYK uses Pillow's plain (profile-less) conversion; an embedded ICC profile is not applied.
 - EXIF orientation is applied; multi-frame files (GIF, APNG, TIFF) give their first frame.
+- Images larger than ``limits.max_pixels()`` (``ANYTALK_MAX_PIXELS``, 50 Mpx) are refused from the header,
+  before decoding.
 - Background colours are RGB tuples of floats in 0..1.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import limits
 from ._files import atomic_output, check_input_file
 
 __all__ = ["WHITE", "load_image", "to_rgb_array", "image_tensor_to_rgb", "save_image"]
@@ -40,8 +43,11 @@ def load_image(path: str | os.PathLike, background: Background | None = WHITE) -
         _check_background(background)
     try:
         with Image.open(p) as image:
+            limits.check_pixels(image.width, image.height, f"{p}: the image")  # from the header, before decoding
             image.load()
             rgb = to_rgb_array(image, background=background, dtype=np.float32)
+    except limits.LimitError:
+        raise
     except Image.DecompressionBombError as e:
         raise ValueError(f"image is too large to load safely: {p} ({e})") from None
     except UnidentifiedImageError:

@@ -40,6 +40,7 @@ from ._files import (
     open_media,
     unique_path,
 )
+from .. import limits
 from .audio import as_waveform, n_audio_samples, read_audio
 from .image import image_tensor_to_rgb
 
@@ -53,6 +54,7 @@ __all__ = [
     "write_video",
     "unique_path",
     "VIDEO_FORMATS",
+    "scaled_size",
 ]
 
 VIDEO_FORMATS = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
@@ -102,7 +104,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         count = counted or stream.frames or int(round(duration * rate))
         audio = container.streams.audio[0] if container.streams.audio else None
         codec = stream.codec_context.name
+        _check_length(duration, p)
         first = _first_frame(container, stream, p)  # the display rotation lives on frames only
+        limits.check_pixels(first.width, first.height, f"{p}: the video's frames")
         rotation = int(round((first.rotation or 0) / 90.0)) % 4 * 90
         width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
         return VideoInfo(
@@ -119,28 +123,40 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def iter_video_frames(
-    path: str | os.PathLike, fps: float | None = None, chunk: int = 16
+    path: str | os.PathLike, fps: float | None = None, chunk: int = 16, max_size: int = 0
 ) -> Iterator[torch.Tensor]:
     """Yield uint8 [n <= chunk, H, W, 3] tensors on a constant ``fps`` grid (module notes); memory is O(chunk).
 
-    The path and arguments are checked when called; the file is opened on the first ``next``.
+    ``max_size`` (> 0) downscales in the decoder (FFmpeg's area filter) so the longer side is at most that
+    many pixels: a full-resolution frame is never converted to RGB. The clip's length (from the headers,
+    and from the timestamps while decoding) is bounded by ``limits.max_seconds()``, a frame's size by
+    ``limits.max_pixels()`` and the file's own frame rate must be at least ``limits.MIN_FPS``. The path
+    and arguments are checked when called; the file is opened on the first ``next``.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    rate = _as_rate(fps) if fps is not None else None
-    return _iter_chunks(check_input_file(path, "Video"), rate, chunk)
+    if max_size < 0:
+        raise ValueError(f"max_size must be >= 0, got {max_size}")
+    rate = _as_rate(limits.check_fps(fps, "requested")) if fps is not None else None
+    return _iter_chunks(check_input_file(path, "Video"), rate, chunk, int(max_size))
 
 
-def _iter_chunks(path: Path, rate: Fraction | None, chunk: int) -> Iterator[torch.Tensor]:
+def _iter_chunks(path: Path, rate: Fraction | None, chunk: int, max_size: int = 0) -> Iterator[torch.Tensor]:
     """Generator behind ``iter_video_frames``."""
     with open_media(path, "video") as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        rate = rate or _stream_rate(container, stream, path)[0]
+        _check_length(_duration_seconds(container, stream), path)
+        if rate is None:
+            rate = _stream_rate(container, stream, path)[0]
+            if rate < limits.MIN_FPS:
+                raise limits.LimitError(f"{path}: the video's frame rate {float(rate):g} fps is below "
+                                        f"{limits.MIN_FPS:g} fps (broken timing?); resample it with a frame rate "
+                                        "of your choice (Load Video's frame_rate, or fps=...)")
         # muxers round timestamps to their tick, so allow half a tick (never more than half a frame)
         grid = _ConstantRateGrid(rate, tolerance=min(Fraction(stream.time_base or 0) / 2, 1 / (2 * rate)))
         buffer: list[np.ndarray] = []
-        for image in _sampled(container, stream, grid, path):
+        for image in _sampled(container, stream, grid, path, max_size):
             buffer.append(image)
             if len(buffer) == chunk:
                 yield torch.from_numpy(np.stack(buffer))
@@ -205,11 +221,13 @@ class _ConstantRateGrid:
 
 
 def _sampled(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, grid: _ConstantRateGrid, path: Path
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, grid: _ConstantRateGrid, path: Path,
+    max_size: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Decode ``stream`` and put its frames on ``grid``."""
+    """Decode ``stream`` and put its frames on ``grid`` (bounded: timestamps within max_seconds, frame sizes)."""
     fallback = 1 / _nominal_rate(stream)
     timestamp = end = None
+    longest = Fraction(limits.max_seconds())
     try:
         for frame in container.decode(stream):
             if frame.pts is not None and frame.time_base is not None:
@@ -219,18 +237,40 @@ def _sampled(
             has_duration = frame.duration and frame.time_base
             duration = Fraction(frame.duration) * Fraction(frame.time_base) if has_duration else fallback
             end = timestamp + duration
-            yield from grid.push(timestamp, _frame_rgb(frame))
+            if end - (grid.start if grid.start is not None else timestamp) > longest:
+                limits.check_seconds(float(end - (grid.start if grid.start is not None else timestamp)),
+                                     f"{path}: by its timestamps, the video")
+            limits.check_pixels(frame.width, frame.height, f"{path}: a video frame")
+            yield from grid.push(timestamp, _frame_rgb(frame, max_size))
     except av.FFmpegError as e:
         raise media_error(path, "video", e) from None
     if end is not None:
         yield from grid.finish(end)
 
 
-def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """Decoded frame as uint8 RGB [H, W, 3], rotated as its display matrix says."""
-    rgb = frame.to_ndarray(format="rgb24")
+def _frame_rgb(frame: av.VideoFrame, max_size: int = 0) -> np.ndarray:
+    """Decoded frame as uint8 RGB [H, W, 3], rotated as its display matrix says, the longer side <= ``max_size``."""
+    width, height = scaled_size(frame.width, frame.height, max_size)
+    if (width, height) != (frame.width, frame.height):
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
     turns = int(round((frame.rotation or 0) / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def scaled_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(width, height) with the longer side reduced to ``max_size`` (0 = unchanged), as the decoder scales frames."""
+    if not max_size or max(width, height) <= max_size:
+        return width, height
+    k = max_size / max(width, height)
+    return max(1, round(width * k)), max(1, round(height * k))
+
+
+def _check_length(seconds: float, path: Path) -> None:
+    """Refuse, from the headers, a video longer than limits.max_seconds() (0 = unknown: checked while decoding)."""
+    if seconds and math.isfinite(seconds):
+        limits.check_seconds(seconds, f"{path}: the video")
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
