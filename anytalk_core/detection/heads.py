@@ -37,6 +37,8 @@ STRIDE = 8
 MIN_FACE = 20.0
 NUM_POINTS = 4  # eye (image left when upright), eye (image right), nose tip, mouth centre
 PYRAMID_STEP = 0.8
+CLOSE_LOGIT = 2.0  # pyramid levels within this logit of the best compete on size
+MAX_CANDIDATES = 4
 
 
 class HeadDetectorError(ValueError):
@@ -116,10 +118,11 @@ def decode(raw: torch.Tensor, origin: torch.Tensor, scale: float | torch.Tensor)
     points = origin[:, None] + c + raw[:, 4:].reshape(-1, NUM_POINTS, 2) * WINDOW
     size = NOMINAL_FACE * torch.exp(raw[:, 3].clamp(-3, 3))
     scale = torch.as_tensor(scale, dtype=raw.dtype).reshape(-1, 1)
+    # pixel centres between resolutions: x = (x_level + 1/2) / scale - 1/2
     return {
-        "center": centre / scale,
+        "center": (centre + 0.5) / scale - 0.5,
         "size": size / scale[:, 0],
-        "points": points / scale[:, :, None],
+        "points": (points + 0.5) / scale[:, :, None] - 0.5,
         "score": torch.sigmoid(raw[:, 0]),
     }
 
@@ -139,19 +142,61 @@ def _windows(image: torch.Tensor, center: torch.Tensor, size: torch.Tensor, angl
     k = (NOMINAL_FACE / size).to(torch.float64)
     m = KT.get_rotation_matrix2d(center.to(torch.float64), angle.to(torch.float64), torch.stack([k, k], 1))
     m[:, :, 2] += (WINDOW - 1) / 2 - center.to(torch.float64)
-    big = image.expand(n, -1, -1, -1)
-    # Antialias: blur the source by the downscale before sampling.
-    out = KT.warp_affine(big, m.to(image.dtype), (WINDOW, WINDOW), mode="bilinear", padding_mode="border",
-                         align_corners=True)
-    return out, m
+    outs = []
+    for i in range(n):
+        src, mi = image, m[i : i + 1].clone()
+        f = min(1.0, 2 * float(k[i]))
+        if f < 1.0:  # reduce with antialiasing first: bilinear sampling alone would alias
+            hw = (max(1, round(image.shape[-2] * f)), max(1, round(image.shape[-1] * f)))
+            src = F.interpolate(image, size=hw, mode="bilinear", align_corners=False, antialias=True)
+            fy, fx = hw[0] / image.shape[-2], hw[1] / image.shape[-1]
+            # x_orig = (x_small + 1/2) / f - 1/2 on each axis
+            a = mi[:, :, :2].clone()
+            mi[:, :, 0], mi[:, :, 1] = a[:, :, 0] / fx, a[:, :, 1] / fy
+            mi[:, :, 2] += a[:, :, 0] * (0.5 / fx - 0.5) + a[:, :, 1] * (0.5 / fy - 0.5)
+        outs.append(KT.warp_affine(src, mi.to(image.dtype), (WINDOW, WINDOW), mode="bilinear",
+                                   padding_mode="border", align_corners=True))
+    return torch.cat(outs), m
+
+
+# Test-time views of a refining window: (mirrored, scale factor); their readings are averaged.
+_VIEWS = ((False, 1.0), (True, 1.0), (False, 0.9), (True, 0.9), (False, 1.1), (True, 1.1))
+
+
+def _refine(net: HeadNet, img: torch.Tensor, det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One refining step: read the face again on windows cut at the current estimate (upright at the
+    current roll, mirrored and rescaled views averaged) and map the readings back to the image."""
+    import kornia.geometry.transform as KT
+
+    angle = _angle_from_points(det["points"])
+    n = len(_VIEWS)
+    sizes = det["size"].repeat(n) * torch.tensor([v[1] for v in _VIEWS])
+    win, m = _windows(img, det["center"].repeat(n, 1), sizes, angle.repeat(n))
+    mirror = torch.tensor([v[0] for v in _VIEWS])
+    win = torch.where(mirror.view(-1, 1, 1, 1), win.flip(-1), win)
+    flip = torch.tensor([[-1.0, 0.0, WINDOW - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    m3 = torch.cat([m, torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64).expand(n, -1, -1)], dim=1)
+    m3 = torch.where(mirror.view(-1, 1, 1), flip @ m3, m3)
+    inv = KT.invert_affine_transform(m3[:, :2]).to(torch.float32)  # window px -> image px
+    d = decode(net(win)[:, :, 0, 0], torch.zeros(n, 2), 1.0)
+    pts = torch.cat([d["center"][:, None], d["points"]], dim=1)  # (n, 5, 2)
+    mapped = pts @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
+    # a mirrored view's first eye is the image's second
+    swapped = mapped[:, [0, 2, 1, 3, 4]]
+    mapped = torch.where(mirror.view(-1, 1, 1), swapped, mapped)
+    scale_back = torch.linalg.det(inv[:, :, :2]).abs().sqrt()
+    size = torch.exp(torch.log(d["size"] * scale_back).mean())
+    mean = mapped.mean(0)
+    return {"center": mean[:1], "size": size.view(1), "points": mean[None, 1:], "score": d["score"].mean().view(1)}
 
 
 @torch.no_grad()
 def detect_heads(
-    net: HeadNet, image: torch.Tensor, min_face: float = MIN_FACE, refine: int = 2
+    net: HeadNet, image: torch.Tensor, min_face: float = MIN_FACE, refine: int = 3, threshold: float = 0.5
 ) -> list[HeadDetection | None]:
     """The most face-like head of each image (B, 3, H, W) in 0..1, or None where no window scores above
-    0.5. Sizes and points are in the image's pixels (pixel centres at integers)."""
+    ``threshold``. Sizes and points are in the image's pixels (pixel centres at integers); the score is
+    the refined window's."""
     import kornia.geometry.transform as KT
 
     if image.dim() != 4 or image.shape[1] != 3:
@@ -160,7 +205,7 @@ def detect_heads(
     for b in range(image.shape[0]):
         img = image[b : b + 1].float().clamp(0, 1)
         h, w = img.shape[-2:]
-        best = None
+        candidates = []  # the best window of every pyramid level: (logit, decoded)
         k = NOMINAL_FACE / max(min_face, 1.0)
         k_min = NOMINAL_FACE / (1.25 * max(h, w))
         pad = WINDOW // 2
@@ -173,31 +218,33 @@ def detect_heads(
             score = raw[0]
             flat = int(torch.argmax(score))
             gi, gj = divmod(flat, score.shape[1])
-            if best is None or float(score[gi, gj]) > best[0]:
-                origin = torch.tensor([[gj * STRIDE - pad, gi * STRIDE - pad]], dtype=torch.float32)
-                # exact scale per axis differs by rounding; use the mean
-                kk = ((ww / w) + (hh / h)) / 2
-                best = (float(score[gi, gj]), decode(raw[:, gi, gj][None], origin, kk))
+            origin = torch.tensor([[gj * STRIDE - pad, gi * STRIDE - pad]], dtype=torch.float32)
+            # the two axes' scales differ by rounding; use their mean
+            kk = ((ww / w) + (hh / h)) / 2
+            candidates.append((float(score[gi, gj]), decode(raw[:, gi, gj][None], origin, kk)))
             k *= PYRAMID_STEP
-        if best is None:
+        if not candidates:
             results.append(None)
             continue
+        # Clutter can look like a face at some level, and a face's parts (an eye) like a small face: the
+        # levels scoring nearly as well as the best are refined once; the best refined score wins, unless
+        # a larger confirmed face contains it (then it was a part of that face).
+        top = max(c[0] for c in candidates)
+        close = sorted((c for c in candidates if c[0] >= top - CLOSE_LOGIT), key=lambda c: -c[0])[:MAX_CANDIDATES]
+        refined = sorted(((c[0], _refine(net, img, c[1])) for c in close), key=lambda r: -float(r[1]["score"][0]))
+        best = refined[0]
+        for other in refined[1:]:
+            o, bd = other[1], best[1]
+            if (float(o["score"][0]) >= threshold and float(o["size"][0]) > 1.5 * float(bd["size"][0])
+                    and float((o["center"] - bd["center"]).norm()) < 0.5 * float(o["size"][0])):
+                best = other
         det = best[1]
-        for _ in range(refine):
-            angle = _angle_from_points(det["points"])
-            win, m = _windows(img, det["center"], det["size"], angle)
-            raw = net(win)[:, :, 0, 0]
-            inv = KT.invert_affine_transform(m)[0].to(torch.float32)  # window px -> image px
-            d = decode(raw, torch.zeros(1, 2), 1.0)
-            pts = torch.cat([d["center"][:, None], d["points"]], dim=1)[0]
-            mapped = pts @ inv[:, :2].T + inv[:, 2]
-            scale_back = float(torch.linalg.det(inv[:, :2]).abs().sqrt())
-            det = {"center": mapped[:1], "size": d["size"] * scale_back, "points": mapped[None, 1:],
-                   "score": d["score"]}
-        score = float(det["score"][0])
-        if max(best[0], 0.0) == best[0] and torch.sigmoid(torch.tensor(best[0])) < 0.5 and score < 0.5:
+        for _ in range(refine - 1):
+            det = _refine(net, img, det)
+        if float(det["score"][0]) < threshold:  # the refined window must still call it a face
             results.append(None)
             continue
-        results.append(HeadDetection(det["center"][0], float(det["size"][0]), float(_angle_from_points(det["points"])[0]),
-                                     det["points"][0], max(score, float(torch.sigmoid(torch.tensor(best[0]))))))
+        results.append(HeadDetection(det["center"][0], float(det["size"][0]),
+                                     float(_angle_from_points(det["points"])[0]), det["points"][0],
+                                     float(det["score"][0])))
     return results

@@ -179,9 +179,11 @@ def make_batch(pool, bg_windows: torch.Tensor, rng: np.random.Generator, n: int)
     kind = rng.uniform(0, 1, n)  # < 0.45 positive, < 0.7 near/hard, < 0.85 far face, else background only
     size = np.where(kind < 0.45, NOMINAL_FACE * np.exp(rng.uniform(-0.2, 0.2, n)),
                     np.where(kind < 0.7, NOMINAL_FACE * np.exp(rng.uniform(-0.55, 0.55, n)),
-                             NOMINAL_FACE * np.exp(rng.choice([-1, 1], n) * rng.uniform(0.6, 1.3, n))))
+                             NOMINAL_FACE * np.exp(np.where(rng.uniform(0, 1, n) < 0.4, -rng.uniform(0.6, 1.3, n),
+                                                            rng.uniform(0.6, 2.1, n)))))
     off = np.where(kind[:, None] < 0.45, rng.uniform(-5, 5, (n, 2)),
-                   np.where(kind[:, None] < 0.7, rng.uniform(-12, 12, (n, 2)), rng.uniform(-30, 30, (n, 2))))
+                   np.where(kind[:, None] < 0.7, rng.uniform(-12, 12, (n, 2)),
+                            rng.uniform(-0.7, 0.7, (n, 2)) * np.maximum(size, 30)[:, None]))
     roll = rng.uniform(-25, 25, n)
     flip = rng.uniform(0, 1, n) < 0.5
     lm = lms[idx].clone()
@@ -257,7 +259,7 @@ def loss_fn(raw: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 def train(seed: int = 0, minutes: float = 22.0, batch: int = 192, pool_size: int = 6000, width: int = 16, bg_count: int = 6000,
-          lr: float = 3e-3, log=print) -> tuple[HeadNet, dict]:
+          lr: float = 3e-3, log=print, init: HeadNet | None = None) -> tuple[HeadNet, dict]:
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     log(f"rendering {pool_size} training heads at {RENDER_SIZE} px ...")
@@ -265,7 +267,7 @@ def train(seed: int = 0, minutes: float = 22.0, batch: int = 192, pool_size: int
     bank = background_bank()
     bg_windows = backgrounds(rng_for(seed, "train", 10**6), bank, bg_count)
     log(f"  {time.time() - t0:.0f} s; {len(bank)} background pictures, {bg_count} background windows")
-    net = HeadNet(width)
+    net = HeadNet(width) if init is None else init
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     budget = minutes * 60 - (time.time() - t0)
     step, last = 0, time.time()
@@ -336,11 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=22.0)
     ap.add_argument("--batch", type=int, default=192)
     ap.add_argument("--pool", type=int, default=6000)
+    ap.add_argument("--init", help="continue training these weights (a second stage)")
+    ap.add_argument("--lr", type=float, default=3e-3)
     args = ap.parse_args(argv)
     if Path(args.out).exists():
         print(f"{args.out} exists; not overwriting", file=sys.stderr)
         return 2
-    net, report = train(args.seed, args.minutes, args.batch, args.pool, log=lambda s: print(s, flush=True))
+    init = None
+    if args.init:
+        from .heads import load_head_detector
+
+        init = load_head_detector(args.init)
+    net, report = train(args.seed, args.minutes, args.batch, args.pool, lr=args.lr,
+                        log=lambda s: print(s, flush=True), init=init)
+    if init is not None:
+        report["previous_stages"] = [*init.report.get("previous_stages", []), {k: v for k, v in init.report.items() if k != "previous_stages"}]
     save(net, args.out, report)
     print(f"wrote {args.out}")
     return 0
