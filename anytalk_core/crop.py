@@ -10,7 +10,6 @@ the CPU so the inverse is exact to float rounding), the crop size and the origin
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,15 @@ __all__ = [
     "crop_full",
     "crop_box",
     "crop_auto",
+    "crop_auto_with_report",
     "apply_crop",
     "feather_mask",
     "paste_back",
 ]
 
 MIN_CROP_SIZE = 16
-_AUTO_BACKENDS = ("auto", "mediapipe", "foreground", "center")
+_AUTO_BACKENDS = ("auto", "faces", "heads", "foreground", "center")
+DETECT_SIZE = 512  # the face detectors look at pictures of at most this many pixels a side
 
 
 def _check_size(size: int) -> int:
@@ -276,24 +277,103 @@ def _detect_foreground(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[float
     return _head_box_from_mask(labels == biggest)
 
 
-def _mediapipe_detector():
-    """A callable (h, w, 3) uint8 RGB -> face box (x, y, w, h) or None, using mediapipe if installed."""
-    import mediapipe as mp
+def crop_auto_with_report(
+    image: torch.Tensor,
+    size: int,
+    backend: str = "auto",
+    scale: float | None = None,
+    analysis_size: int = 256,
+    family: str = "anytalk",
+    role: str = "source",
+) -> tuple[CropSpec, list]:
+    """:func:`crop_auto` and, per frame, the :class:`~anytalk_core.detection.DetectionReport` saying which
+    detector framed it and the face box it found."""
+    from .detection import DETECTORS, FACES_EXTRA, FRAMINGS, MissingExtraError, detect_face, faces_available
+    from .detection.framing import framing_square
+    from dataclasses import replace
 
-    detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+    _check_image(image)
+    size = _check_size(size)
+    if backend not in _AUTO_BACKENDS:
+        raise ValueError(f"unknown crop backend {backend!r}; choose one of {', '.join(_AUTO_BACKENDS)}")
+    if family not in FRAMINGS:
+        raise ValueError(f"unknown framing family {family!r}; choose one of {', '.join(FRAMINGS)}")
+    if role not in ("source", "driving"):
+        raise ValueError(f"framing role must be 'source' or 'driving', got {role!r}")
+    if scale is not None and not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    if backend == "faces" and not faces_available():
+        raise MissingExtraError(f"crop backend 'faces' needs the human face detector: {FACES_EXTRA}")
+    from .detection import DetectionReport
 
-    def detect(rgb: np.ndarray) -> tuple[float, float, float, float] | None:
-        result = detector.process(rgb)
-        if not result.detections:
-            return None
-        best = max(result.detections, key=lambda d: d.score[0])
-        bb = best.location_data.relative_bounding_box
-        h, w = rgb.shape[:2]
-        x, y, bw, bh = bb.xmin * w, bb.ymin * h, bb.width * w, bb.height * h
-        # Face boxes stop at the brows; move up so the square holds the whole head.
-        return x, y - 0.15 * bh, bw, bh
+    framing = FRAMINGS[family][role]
+    if scale is not None:
+        framing = replace(framing, scale=float(scale))
+    rgb_t, alpha_t = _to_rgb_and_alpha(image.detach())
+    b, _, h, w = image.shape
 
-    return detect
+    def small_copy(limit: int) -> tuple[torch.Tensor, float, float]:
+        k = min(1.0, limit / max(h, w))
+        hw = (max(1, round(h * k)), max(1, round(w * k)))
+        out = rgb_t.to(torch.float32)
+        if hw != (h, w):
+            out = F.interpolate(out, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        return out, h / hw[0], w / hw[1]
+
+    # Analyse small copies: detectors at up to DETECT_SIZE px, the blob and its outline at analysis_size.
+    small, fy, fx = small_copy(analysis_size)
+    detect_small, dy, dx = small_copy(DETECT_SIZE) if backend in DETECTORS else (None, 1.0, 1.0)
+    small_alpha = None
+    if alpha_t is not None:
+        small_alpha = F.interpolate(alpha_t.to(torch.float32), size=small.shape[-2:], mode="bilinear", align_corners=False)
+
+    centers, sides, angles, reports = [], [], [], []
+    for i in range(b):
+        report = None
+        notice = None
+        if backend in DETECTORS:
+            report = detect_face(detect_small[i], backend)
+            if report is not None:
+                # Pixel centres scale as (p + 1/2) k - 1/2 between resolutions.
+                cx, cy = (report.center[0] + 0.5) * dx - 0.5, (report.center[1] + 0.5) * dy - 0.5
+                face = report.size * (dx + dy) / 2
+                report = DetectionReport(report.detector, (cx + 0.5 - face / 2, cy + 0.5 - face / 2, face, face),
+                                         (cx, cy), face, report.angle, report.score, report.notice)
+                c, side, angle = framing_square(torch.tensor([[cx, cy]], dtype=torch.float64),
+                                                torch.tensor([face], dtype=torch.float64),
+                                                torch.tensor([report.angle], dtype=torch.float64), framing)
+                centers.append(tuple(c[0].tolist()))
+                sides.append(float(side[0]))
+                angles.append(float(angle[0]))
+                reports.append(report)
+                continue
+            if backend == "auto" and not faces_available():
+                notice = f"no human face detector: {FACES_EXTRA}"
+        box = None
+        if backend in ("auto", "foreground"):
+            rgb = small[i].permute(1, 2, 0).cpu().numpy()
+            alpha = small_alpha[i, 0].cpu().numpy() if small_alpha is not None else None
+            found = _detect_foreground(rgb, alpha)
+            if found is not None:
+                # Edge coordinates scale exactly between the two resolutions.
+                box = (found[0] * fx, found[1] * fy, found[2] * fx, found[3] * fy)
+        if box is None:
+            side = float(min(h, w)) * (1.0 if scale is None else scale)
+            centers.append(((w - 1) / 2, (h - 1) / 2))
+            sides.append(side)
+            face = float(min(h, w))
+            reports.append(DetectionReport("center", ((w - face) / 2, (h - face) / 2, face, face), notice=notice))
+        else:
+            x, y, bw, bh = box
+            sides.append(max(bw, bh) * (1.4 if scale is None else scale))
+            centers.append((x + bw / 2 - 0.5, y + bh / 2 - 0.5))
+            reports.append(DetectionReport("foreground", box, notice=notice))
+        angles.append(0.0)
+    matrix = _square_matrix(
+        torch.tensor(centers, dtype=torch.float64), torch.tensor(sides, dtype=torch.float64), size,
+        torch.tensor(angles, dtype=torch.float64),
+    )
+    return CropSpec(matrix, size, (h, w)), reports
 
 
 def crop_auto(
@@ -302,78 +382,27 @@ def crop_auto(
     backend: str = "auto",
     scale: float | None = None,
     analysis_size: int = 256,
+    family: str = "anytalk",
+    role: str = "source",
 ) -> CropSpec:
-    """Find the head in each frame and return a square crop around it: (B, C, H, W) -> spec of batch B.
+    """Find the face in each frame and return the square crop its checkpoint family expects:
+    (B, C, H, W) -> spec of batch B. ``spec.reports`` holds one
+    :class:`~anytalk_core.detection.DetectionReport` per frame (which detector framed it, the face box).
 
-    Backends: ``"mediapipe"`` (face detector, optional package, imported lazily; boxes grown by
-    ``scale=2.0``), ``"foreground"`` (deterministic, model-free, works on cartoon and animal faces:
-    background colour fitted on the image border as a plane per channel, Otsu threshold of the colour
-    distance, largest connected blob, its top part down to where it narrows (chin/neck) as the head,
-    squared with ``scale=1.4``; an alpha channel, if present, is used as the foreground instead),
-    ``"center"`` (the centre square) and ``"auto"`` (mediapipe when installed, else foreground).
-    Frames where nothing is found fall back to the centre square.
+    Backends: ``"faces"`` (human faces: dlib's HOG detector, the optional ``faces`` extra -- an error
+    names it when missing), ``"heads"`` (animal, cartoon, CG and human heads: a small CNN trained on the
+    synthetic renderer, shipped with the package), ``"foreground"`` (model-free last resort: background
+    colour fitted on the image border as a plane per channel, Otsu threshold of the colour distance,
+    largest connected blob, its top part down to where it narrows (chin/neck) as the head, squared with
+    ``scale=1.4``; an alpha channel, if present, is used as the foreground instead), ``"center"`` (the
+    centre square) and ``"auto"`` (faces when installed, then heads, then foreground, then the centre).
+    A face found by a detector is framed by ``family``'s convention for ``role`` (``"source"`` or
+    ``"driving"``; see :mod:`anytalk_core.detection.framing`), turned so the eye line is level; ``scale``
+    overrides the convention's side / face size ratio. Frames where nothing is found take the centre square.
     """
-    _check_image(image)
-    size = _check_size(size)
-    if backend not in _AUTO_BACKENDS:
-        raise ValueError(f"unknown crop backend {backend!r}; choose one of {', '.join(_AUTO_BACKENDS)}")
-    if backend == "mediapipe" and importlib.util.find_spec("mediapipe") is None:
-        raise ImportError("crop backend 'mediapipe' needs the optional package mediapipe (pip install mediapipe)")
-    rgb_t, alpha_t = _to_rgb_and_alpha(image.detach())
-    b, _, h, w = image.shape
-
-    detector = None
-    if backend in ("auto", "mediapipe") and importlib.util.find_spec("mediapipe") is not None:
-        try:
-            detector = _mediapipe_detector()
-        except Exception:
-            if backend == "mediapipe":
-                raise
-            detector = None  # a broken optional install must not break the fallback
-
-    # Analyse a small copy: the blob and its outline do not need full resolution.
-    k = min(1.0, analysis_size / max(h, w))
-    small_hw = (max(1, round(h * k)), max(1, round(w * k)))
-    small = rgb_t.to(torch.float32)
-    if small_hw != (h, w):
-        small = F.interpolate(small, size=small_hw, mode="bilinear", align_corners=False, antialias=True)
-    small_alpha = None
-    if alpha_t is not None:
-        small_alpha = F.interpolate(alpha_t.to(torch.float32), size=small_hw, mode="bilinear", align_corners=False)
-    fy, fx = h / small_hw[0], w / small_hw[1]
-
-    centers, sides = [], []
-    for i in range(b):
-        box, grow = None, 1.0
-        if detector is not None:
-            frame = (rgb_t[i].permute(1, 2, 0).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            try:
-                box = detector(np.ascontiguousarray(frame))
-            except Exception:
-                if backend == "mediapipe":
-                    raise
-                box = None
-            grow = 2.0 if scale is None else scale
-        if box is None and backend != "center" and backend != "mediapipe":
-            rgb = small[i].permute(1, 2, 0).cpu().numpy()
-            alpha = small_alpha[i, 0].cpu().numpy() if small_alpha is not None else None
-            found = _detect_foreground(rgb, alpha)
-            if found is not None:
-                # Edge coordinates scale exactly between the two resolutions.
-                box = (found[0] * fx, found[1] * fy, found[2] * fx, found[3] * fy)
-                grow = 1.4 if scale is None else scale
-        if box is None:
-            side = float(min(h, w)) * (1.0 if scale is None else scale)
-            centers.append(((w - 1) / 2, (h - 1) / 2))
-        else:
-            x, y, bw, bh = box
-            side = max(bw, bh) * grow
-            centers.append((x + bw / 2 - 0.5, y + bh / 2 - 0.5))
-        sides.append(side)
-    matrix = _square_matrix(
-        torch.tensor(centers, dtype=torch.float64), torch.tensor(sides, dtype=torch.float64), size
-    )
-    return CropSpec(matrix, size, (h, w))
+    spec, reports = crop_auto_with_report(image, size, backend, scale, analysis_size, family, role)
+    spec.reports = reports
+    return spec
 
 
 def _broadcast_batch(*sizes: int) -> int:
