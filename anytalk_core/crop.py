@@ -73,6 +73,7 @@ class CropSpec:
     matrix: torch.Tensor
     size: int
     original_hw: tuple[int, int]
+    found_by: tuple[str, ...] = ()  # crop_auto: per frame, the backend that framed it, or "none" (centre square)
 
     def __post_init__(self) -> None:
         m = torch.as_tensor(self.matrix).detach().to("cpu", torch.float64)
@@ -96,6 +97,13 @@ class CropSpec:
         import kornia.geometry.transform as KT
 
         return KT.invert_affine_transform(self.matrix)
+
+    def box(self, index: int = 0) -> tuple[float, float, float]:
+        """Frame ``index``'s square in original pixels: (left, top, side), edges (not pixel centres)."""
+        m = self.matrix[index]
+        k = float(torch.linalg.det(m[:, :2]).abs().sqrt())
+        corner = self.inverse_matrix()[index] @ torch.tensor([-0.5, -0.5, 1.0], dtype=torch.float64)
+        return float(corner[0]) + 0.5, float(corner[1]) + 0.5, self.size / k
 
     def select(self, index: int | slice) -> CropSpec:
         """The spec of one frame (or a slice of frames) of a batched spec."""
@@ -342,9 +350,9 @@ def crop_auto(
         small_alpha = F.interpolate(alpha_t.to(torch.float32), size=small_hw, mode="bilinear", align_corners=False)
     fy, fx = h / small_hw[0], w / small_hw[1]
 
-    centers, sides = [], []
+    centers, sides, found_by = [], [], []
     for i in range(b):
-        box, grow = None, 1.0
+        box, grow, finder = None, 1.0, "none"
         if detector is not None:
             frame = (rgb_t[i].permute(1, 2, 0).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
             try:
@@ -354,6 +362,7 @@ def crop_auto(
                     raise
                 box = None
             grow = 2.0 if scale is None else scale
+            finder = "mediapipe"
         if box is None and backend != "center" and backend != "mediapipe":
             rgb = small[i].permute(1, 2, 0).cpu().numpy()
             alpha = small_alpha[i, 0].cpu().numpy() if small_alpha is not None else None
@@ -362,7 +371,9 @@ def crop_auto(
                 # Edge coordinates scale exactly between the two resolutions.
                 box = (found[0] * fx, found[1] * fy, found[2] * fx, found[3] * fy)
                 grow = 1.4 if scale is None else scale
+                finder = "foreground"
         if box is None:
+            finder = "center" if backend == "center" else "none"
             side = float(min(h, w)) * (1.0 if scale is None else scale)
             centers.append(((w - 1) / 2, (h - 1) / 2))
         else:
@@ -370,10 +381,11 @@ def crop_auto(
             side = max(bw, bh) * grow
             centers.append((x + bw / 2 - 0.5, y + bh / 2 - 0.5))
         sides.append(side)
+        found_by.append(finder)
     matrix = _square_matrix(
         torch.tensor(centers, dtype=torch.float64), torch.tensor(sides, dtype=torch.float64), size
     )
-    return CropSpec(matrix, size, (h, w))
+    return CropSpec(matrix, size, (h, w), found_by=tuple(found_by))
 
 
 def _broadcast_batch(*sizes: int) -> int:
