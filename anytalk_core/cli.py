@@ -118,8 +118,8 @@ _STAGE_LABELS = {"motion": "driving motion", "audio": "audio motion", "render": 
 class _StageBars:
     """One labelled tqdm bar per stage of a run, in that stage's frames, fed ``(stage, done, total)``.
 
-    A bar appears when its stage first reports (no empty bar before), so each bar's rate and time estimate are
-    its own stage's.
+    A bar appears when its stage starts (the engine reports ``(0, total)`` first), so each bar's rate and time
+    estimate are its own stage's; none is shown before the first stage or left empty.
     """
 
     def __init__(self, quiet: bool):
@@ -138,8 +138,7 @@ class _StageBars:
             self.bar = tqdm(total=total, unit="frame", desc=_STAGE_LABELS.get(stage, stage), dynamic_ncols=True)
         if self.bar.total != total:
             self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)  # tqdm's rate follows the chunks as they come
 
     def close(self) -> None:
         if self.bar is not None:

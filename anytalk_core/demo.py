@@ -207,8 +207,9 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
         for chunk in iter_video_frames(driving, fps=info.fps, chunk=16):
             yield fit_square(chunk.permute(0, 3, 1, 2).float() / 255, target)
 
-    motion = engine.estimate_motion(driving_chunks(size), total=max(info.frame_count, 1),
-                                    progress=stage_progress(progress, "motion"), fps=info.fps)
+    total = max(info.frame_count, 1)
+    motion = engine.estimate_motion(driving_chunks(size), total=total, fps=info.fps,
+                                    progress=stage_progress(progress, "motion", total))
     keypoints = engine.driven_keypoints(state, motion, TransferOptions())
     n = keypoints.shape[0]
     generated_all, driving_all = [], []
@@ -217,7 +218,7 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     with VideoWriter(video_path, fps=info.fps, audio=audio) as writer:
         drivers = driving_chunks(tile)
         pending = torch.empty(0, 3, tile, tile)
-        for generated in engine.render(state, keypoints, progress=stage_progress(progress, "render")):
+        for generated in engine.render(state, keypoints, progress=stage_progress(progress, "render", n)):
             generated = generated.float().cpu().clamp(0, 1)
             while pending.shape[0] < generated.shape[0]:
                 pending = torch.cat([pending, next(drivers)])

@@ -243,14 +243,17 @@ class Engine:
         yield from self.render(source, keypoints, cancel=cancel, progress=progress)
 
 
-def stage_progress(progress: StageProgressFn | None, stage: str) -> ProgressFn | None:
+def stage_progress(progress: StageProgressFn | None, stage: str, total: int | None = None) -> ProgressFn | None:
     """The engine's ``(done, total)`` callback of one stage of a run, reported as ``progress(stage, done, total)``.
 
     A run (``anytalk animate``, ``anytalk demo``) reports each stage in its own frames: ``motion`` and ``audio``
-    count driving frames, ``render`` counts output frames.
+    count driving frames, ``render`` counts output frames. With ``total``, the stage's start is reported at
+    once as ``(stage, 0, total)``, so a progress bar's rate and time estimate count from the stage's start.
     """
     if progress is None:
         return None
+    if total is not None:
+        progress(stage, 0, total)
     return lambda done, total: progress(stage, done, total)
 
 

@@ -158,8 +158,9 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     motion, reference = None, None
     fps = info.fps if info is not None else float(options.fps)
     if driving is not None:
-        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size, say), total=max(info.frame_count, 1),
-                                        progress=stage_progress(progress, "motion"), fps=fps)
+        total = max(info.frame_count, 1)
+        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size, say), total=total,
+                                        progress=stage_progress(progress, "motion", total), fps=fps)
     if sound is not None:
         speech = engine.audio_motion(sound, fps, n_frames=len(motion) if motion is not None else None,
                                      progress=stage_progress(progress, "audio"))
@@ -176,7 +177,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     if say is not None:
         say(_output_size_note(tuple(original.shape[-2:]), size, options))
     with VideoWriter(out_path, fps=fps, audio=sound, overwrite=options.overwrite) as writer:
-        for generated in engine.render(source_state, keypoints, progress=stage_progress(progress, "render")):
+        render_progress = stage_progress(progress, "render", len(keypoints))
+        for generated in engine.render(source_state, keypoints, progress=render_progress):
             if options.paste_back:
                 generated = paste_back(original, generated, spec)
             elif options.upscale is not None:

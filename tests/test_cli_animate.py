@@ -144,8 +144,8 @@ def test_progress_is_one_labelled_bar_per_stage_counting_that_stages_frames(file
     animate_file(load_model(str(files / "tiny.safetensors")), str(files / "source.png"), str(files / "driving.mp4"),
                  str(tmp_path / "p.mp4"), AnimateOptions(engine=EngineConfig(chunk_size=5)),
                  progress=lambda stage, done, total: calls.append((stage, done, total)))
-    assert calls == [("motion", 5, 13), ("motion", 10, 13), ("motion", 13, 13),
-                     ("render", 5, 13), ("render", 10, 13), ("render", 13, 13)]
+    assert calls == [("motion", 0, 13), ("motion", 5, 13), ("motion", 10, 13), ("motion", 13, 13),
+                     ("render", 0, 13), ("render", 5, 13), ("render", 10, 13), ("render", 13, 13)]
     assert animate(files, tmp_path / "quiet.mp4") == 0  # --quiet: no bar at all
     assert "frame/s" not in capsys.readouterr().err
     args = ["animate", "--source", str(files / "source.png"), "--driving", str(files / "driving.mp4"),
@@ -155,7 +155,7 @@ def test_progress_is_one_labelled_bar_per_stage_counting_that_stages_frames(file
     finals = [line.rsplit("\r", 1)[-1] for line in err.replace("\r\n", "\n").split("\n") if "frame/s" in line]
     assert any(f.startswith("driving motion") and "13/13" in f for f in finals), err
     assert any(f.startswith("rendering") and "13/13" in f for f in finals), err
-    assert "0frame" not in err and "/26" not in err  # no empty bar, no doubled count
+    assert not re.search(r"(?<![\d.])0frame", err) and "/26" not in err  # no empty bar, no doubled count
 
 
 def _loader_must_not_run(monkeypatch):
