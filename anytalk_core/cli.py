@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import NoReturn
 
 from . import __version__
 
@@ -42,11 +43,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with the project's error promise: a usage error is one line, ``PROG: error: MESSAGE (see ...)``,
+    and exit status 2, without the usage block. Every command line of the project uses it; the parsers of
+    subcommands inherit it (``add_subparsers`` builds them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        root = self.prog.split()[0]
+        self.exit(2, f"{root}: error: {message} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and examples as written; every option that has a value by default says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _animate(args: argparse.Namespace) -> int:
     from .checkpoints import load_model
     from .engine import EngineConfig, resolve_device
     from .models.base import TransferOptions
-    from .pipeline import AnimateOptions, animate_file, check_paths
+    from .pipeline import AnimateOptions, animate_file, check_inputs, check_paths
 
     options = AnimateOptions(
         transfer=TransferOptions(mode="absolute" if args.absolute else "relative", pose_strength=args.pose_strength,
@@ -54,16 +74,18 @@ def _animate(args: argparse.Namespace) -> int:
                                  translation_strength=args.translation_strength, adapt_scale=args.adapt_scale),
         smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, paste_back=args.paste_back,
         engine=EngineConfig(device=args.device, precision=args.precision, chunk_size=args.chunk),
-        overwrite=args.overwrite, release_networks=True, fps=args.fps,
+        overwrite=args.overwrite, release_networks=True, fps=args.fps, upscale=args.upscale,
     )
     resolve_device(args.device)
     check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,), audio=args.audio)
+    check_inputs(args.source, args.driving, args.audio)  # every input decodes before the model is loaded
     model = load_model(args.checkpoint, family=args.family.replace("-", "_"))
-    bar = _progress_bar(args.quiet)
+    bars = _StageBars(args.quiet)
     try:
-        out = animate_file(model, args.source, args.driving, args.out, options, progress=bar.update_to, audio=args.audio)
+        out = animate_file(model, args.source, args.driving, args.out, options, progress=bars.update, audio=args.audio,
+                           say=_say)
     finally:
-        bar.close()
+        bars.close()
     print(f"wrote {out}")
     return 0
 
@@ -73,34 +95,55 @@ def _demo(args: argparse.Namespace) -> int:
     from .engine import resolve_device
 
     resolve_device(args.device)
-    bar = _progress_bar(args.quiet)
+    bars = _StageBars(args.quiet)
     try:
         result = run_demo(args.out_dir, checkpoint=args.checkpoint, source=args.source, driving=args.driving,
                           device=args.device, precision=args.precision, tile=args.tile, video_format=args.format,
-                          progress=bar.update_to)
+                          progress=bars.update)
     finally:
-        bar.close()
+        bars.close()
     print(f"wrote {result.video} ({result.frames} frames at {result.fps:g} fps: driving | source | result)")
     print(f"wrote {result.contact_sheet} (top: driving frames, bottom: the animated source)")
     return 0
 
 
-class _progress_bar:
-    """tqdm with an ETA, fed (done, total) by the pipeline."""
+def _say(line: str) -> None:
+    """What a user should know about a run (how it was framed, the output size): one line on stderr."""
+    print(f"anytalk: {line}", file=sys.stderr)
+
+
+_STAGE_LABELS = {"motion": "driving motion", "audio": "audio motion", "render": "rendering"}
+
+
+class _StageBars:
+    """One labelled tqdm bar per stage of a run, in that stage's frames, fed ``(stage, done, total)``.
+
+    A bar appears when its stage starts (the engine reports ``(0, total)`` first), so each bar's rate and time
+    estimate are its own stage's; none is shown before the first stage or left empty.
+    """
 
     def __init__(self, quiet: bool):
-        from tqdm import tqdm
+        self.quiet = quiet
+        self.stage: str | None = None
+        self.bar = None
 
-        self.bar = tqdm(total=0, unit="frame", disable=quiet, dynamic_ncols=True)
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if stage != self.stage:
+            from tqdm import tqdm
 
-    def update_to(self, done: int, total: int) -> None:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, unit="frame", desc=_STAGE_LABELS.get(stage, stage), dynamic_ncols=True)
         if self.bar.total != total:
             self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)  # tqdm's rate follows the chunks as they come
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 _MAIN_DESCRIPTION = """\
@@ -119,10 +162,12 @@ examples:
 
 _DEMO_DESCRIPTION = """\
 Animate the bundled cartoon-animal portrait with the bundled synthetic human clip using
-the bundled demo model (64 px, trained on CPU on synthetic heads by
-'anytalk-train training/configs/demo.toml'). Writes anytalk_demo_NNNNN.mp4 (driving |
-source | result, with the clip's audio) and a contact sheet PNG into OUT_DIR; nothing
-is overwritten. --checkpoint/--source/--driving replace the bundled files."""
+the bundled demo model (64 px, trained on CPU on synthetic heads in three stages:
+'anytalk-train training/configs/demo.toml', then demo_stage2.toml, then demo_stage3.toml).
+Writes anytalk_demo_NNNNN.mp4 (driving | source | result, with the clip's audio) and a
+contact sheet PNG into OUT_DIR; nothing is overwritten. --checkpoint/--source/--driving
+replace the bundled files. With the 64 px demo model the head turns and nods visibly;
+the mouth's motion is faint."""
 
 _DEMO_EPILOG = """\
 examples:
@@ -164,27 +209,27 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="anytalk", description=_MAIN_DESCRIPTION, epilog=_MAIN_EPILOG,
-                                     formatter_class=raw)
+    fmt = HelpFormatter
+    parser = OneLineErrorParser(prog="anytalk", description=_MAIN_DESCRIPTION, epilog=_MAIN_EPILOG,
+                                formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"anytalk {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("convert", help="convert a face-vid2vid / LivePortrait checkpoint to AnyTalk .safetensors",
-                       description=_CONVERT_DESCRIPTION, epilog=_CONVERT_EPILOG, formatter_class=raw)
+                       description=_CONVERT_DESCRIPTION, epilog=_CONVERT_EPILOG, formatter_class=fmt)
     p.add_argument("src", help="checkpoint file (.pth.tar, .pth, .safetensors) or LivePortrait folder")
     p.add_argument("dst", help="output .safetensors path (never overwritten unless --overwrite)")
     p.add_argument("--family", default="auto",
-                   help="auto (default), face-vid2vid, liveportrait-human or liveportrait-animal")
+                   help="auto (read from the weights), face-vid2vid, liveportrait-human or liveportrait-animal")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_convert)
 
     a = sub.add_parser("animate", help="animate a portrait with the motion of a driving video and/or speech",
-                       description=_ANIMATE_DESCRIPTION, epilog=_ANIMATE_EPILOG, formatter_class=raw)
+                       description=_ANIMATE_DESCRIPTION, epilog=_ANIMATE_EPILOG, formatter_class=fmt)
     a.add_argument("--source", required=True, help="portrait image (any Pillow format)")
     a.add_argument("--driving", default=None, help="driving video (mp4, webm, gif, ...)")
     a.add_argument("--audio", default=None, help="speech (wav, mp3, flac, m4a, or a video's sound) that drives the "
                                                  "mouth; needs a checkpoint with an audio-to-motion part")
-    a.add_argument("--fps", type=_finite, default=25.0, help="frame rate with --audio alone (default 25)")
+    a.add_argument("--fps", type=_finite, default=25.0, help="frame rate of the output with --audio alone")
     a.add_argument("--checkpoint", required=True, help="AnyTalk .safetensors, face-vid2vid .pth.tar or LivePortrait folder")
     a.add_argument("--out", required=True, help="output .mp4, .webm or .gif (never overwritten unless --overwrite)")
     a.add_argument("--family", default="auto", help="auto, face-vid2vid, liveportrait-human or liveportrait-animal")
@@ -192,31 +237,45 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--relative", action="store_true", help="motion relative to the first driving frame (default)")
     mode.add_argument("--absolute", action="store_true", help="the driving pose and expression as they are")
     a.add_argument("--adapt-scale", action="store_true", help="relative mode: scale motion by face size")
-    a.add_argument("--pose-strength", type=_finite, default=1.0)
-    a.add_argument("--expression-strength", type=_finite, default=1.0)
-    a.add_argument("--translation-strength", type=_finite, default=1.0)
-    a.add_argument("--smooth", type=_finite, default=0.0, help="temporal smoothing of the motion, 0..1")
-    a.add_argument("--crop", default="full", help="source crop: full, auto or X,Y,W,H")
+    a.add_argument("--pose-strength", type=_finite, default=1.0,
+                   help="multiplies the head rotation taken from the driver: 0 keeps the portrait's pose, "
+                        "0.5 half the turn, 1 all of it")
+    a.add_argument("--expression-strength", type=_finite, default=1.0,
+                   help="multiplies the expression (mouth, eyes, brows) taken from the driver or the audio: "
+                        "0 keeps the portrait's face, above 1 exaggerates")
+    a.add_argument("--translation-strength", type=_finite, default=1.0,
+                   help="multiplies the head's movement across the picture: 0 keeps the head in place")
+    a.add_argument("--smooth", type=_finite, default=0.0, help="temporal smoothing of the motion, 0 (off) to 1")
+    a.add_argument("--crop", default="full", help="source crop: full (the whole picture), auto (find the head; "
+                                                  "says which detector found it) or X,Y,W,H in pixels")
     a.add_argument("--driving-crop", default="full", help="driving crop: full, auto or X,Y,W,H")
     a.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the full source")
+    a.add_argument("--upscale", type=positive_int, default=None, metavar="PX",
+                   help="write the frames enlarged to PX x PX for viewing (nearest-neighbour, like the demo's "
+                        "--tile): an upscale of the model's frames, it adds no detail; default: the model's size")
     a.add_argument("--chunk", type=positive_int, default=8, help="frames per chunk (bounds memory)")
-    a.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    a.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="number format of the networks: fp32 everywhere; bf16 or fp16 on a GPU for speed and "
+                        "memory (fp16 may give black frames: then use bf16)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_animate)
 
     d = sub.add_parser("demo", help="animate the bundled cartoon animal with the bundled driving clip",
-                       description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=raw)
-    d.add_argument("--out-dir", default=".", help="folder for the video and the contact sheet (default: here)")
+                       description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=fmt)
+    d.add_argument("--out-dir", default=".", help="folder for the video and the contact sheet (created if missing; "
+                                                  "files in it are never overwritten)")
     d.add_argument("--checkpoint", default=None, help="model to use instead of assets/demo/anytalk_demo.safetensors")
     d.add_argument("--source", default=None, help="portrait to use instead of the bundled cartoon animal")
     d.add_argument("--driving", default=None, help="driving video to use instead of the bundled clip")
-    d.add_argument("--format", choices=("mp4", "webm", "gif"), default="mp4", help="video format (default mp4)")
-    d.add_argument("--tile", type=positive_int, default=256, help="pixel size of each panel of the video (default 256)")
-    d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    d.add_argument("--format", choices=("mp4", "webm", "gif"), default="mp4", help="video format")
+    d.add_argument("--tile", type=positive_int, default=256,
+                   help="pixel size of each panel of the video (the model's frames enlarged: no added detail)")
+    d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="number format of the networks (bf16/fp16 on a GPU)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
     return parser
 

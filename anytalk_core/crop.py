@@ -74,6 +74,7 @@ class CropSpec:
     matrix: torch.Tensor
     size: int
     original_hw: tuple[int, int]
+    reports: tuple = ()  # crop_auto: per frame, the DetectionReport saying which detector framed it and where
 
     def __post_init__(self) -> None:
         m = torch.as_tensor(self.matrix).detach().to("cpu", torch.float64)
@@ -97,6 +98,13 @@ class CropSpec:
         import kornia.geometry.transform as KT
 
         return KT.invert_affine_transform(self.matrix)
+
+    def box(self, index: int = 0) -> tuple[float, float, float]:
+        """Frame ``index``'s square in original pixels: (left, top, side), edges (not pixel centres)."""
+        m = self.matrix[index]
+        k = float(torch.linalg.det(m[:, :2]).abs().sqrt())
+        corner = self.inverse_matrix()[index] @ torch.tensor([-0.5, -0.5, 1.0], dtype=torch.float64)
+        return float(corner[0]) + 0.5, float(corner[1]) + 0.5, self.size / k
 
     def select(self, index: int | slice) -> CropSpec:
         """The spec of one frame (or a slice of frames) of a batched spec."""
@@ -401,7 +409,7 @@ def crop_auto(
     overrides the convention's side / face size ratio. Frames where nothing is found take the centre square.
     """
     spec, reports = crop_auto_with_report(image, size, backend, scale, analysis_size, family, role)
-    spec.reports = reports
+    spec.reports = tuple(reports)
     return spec
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .crop import apply_crop, crop_full
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, StageProgressFn, stage_progress
 from .io_utils import unique_path
 from .media import VideoWriter, iter_video_frames, load_image, probe_video, read_audio, save_image
 
@@ -102,7 +101,10 @@ def make_demo_inputs(out_dir: str | Path, size: int = 256, seconds: float = 4.0,
     return source_path, driving_path
 
 
-def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
+MIN_TILE, MAX_TILE = 16, 4096  # pixel side of an enlarged frame (demo --tile, animate --upscale)
+
+
+def fit_square(frames: torch.Tensor, size: int) -> torch.Tensor:
     """(B, 3, H, W) in 0..1 -> (B, 3, size, size), area down / nearest-exact up (crisp pixels).
 
     A frame that is not square is fitted whole first, as ``anytalk animate --crop full`` does: centred, the
@@ -124,10 +126,10 @@ def contact_sheet(driving: torch.Tensor, generated: torch.Tensor, source: torch.
     """
     n = generated.shape[0]
     idx = torch.linspace(0, n - 1, steps=min(columns, n)).round().long()
-    rows = [_resize(driving[idx], tile), _resize(generated[idx], tile)]
+    rows = [fit_square(driving[idx], tile), fit_square(generated[idx], tile)]
     width = (len(idx) + 1) * (tile + gap) + gap
     sheet = torch.ones(3, 2 * (tile + gap) + gap, width)
-    src = _resize(source, tile)[0]
+    src = fit_square(source, tile)[0]
     sheet[:, gap + (tile + gap) // 2: gap + (tile + gap) // 2 + tile, gap:gap + tile] = src
     for r, row in enumerate(rows):
         y = gap + r * (tile + gap)
@@ -155,20 +157,20 @@ def demo_frames(checkpoint: "str | Path | torch.nn.Module | None" = None, source
     engine = Engine(model, EngineConfig(device=device))
     source_image = load_image(Path(source) if source else demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
     if isinstance(driving, torch.Tensor):
-        frames = _resize(driving.float(), size)
+        frames = fit_square(driving.float(), size)
     else:
         driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
         fps = probe_video(driving).fps
-        frames = torch.cat([_resize(c.permute(0, 3, 1, 2).float() / 255, size)
+        frames = torch.cat([fit_square(c.permute(0, 3, 1, 2).float() / 255, size)
                             for c in iter_video_frames(driving, fps=fps, chunk=16)])
     generated = torch.cat([g.float().cpu().clamp(0, 1) for g in
-                           engine.animate(_resize(source_image, size), frames, TransferOptions(), fps=fps)])
+                           engine.animate(fit_square(source_image, size), frames, TransferOptions(), fps=fps)])
     return frames, generated
 
 
 def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, source: str | Path | None = None,
              driving: str | Path | None = None, device: str = "auto", precision: str = "fp32", tile: int = 256,
-             video_format: str = "mp4", progress: Callable[[int, int], None] | None = None) -> DemoResult:
+             video_format: str = "mp4", progress: StageProgressFn | None = None) -> DemoResult:
     """Animate the source with the driving clip; write ``anytalk_demo_NNNNN.<video_format>`` and ``..._sheet.png``.
 
     ``tile``: pixel size of each of the three panels of the video (the model itself runs at its own size).
@@ -180,51 +182,52 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     source = Path(source) if source else demo_file(DEMO_SOURCE)
     driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
     out = Path(out_dir)
-    if not out.is_dir():
-        raise FileNotFoundError(f"{out}: output folder does not exist")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file; --out-dir must be a folder (a missing one is created)")
     if video_format not in ("mp4", "webm", "gif"):
         raise ValueError(f"video format must be mp4, webm or gif, got {video_format!r}")
-    if tile < 16:
-        raise ValueError(f"tile must be at least 16 pixels, got {tile}")
+    if not MIN_TILE <= tile <= MAX_TILE:
+        raise ValueError(f"tile must be between {MIN_TILE} and {MAX_TILE} pixels, got {tile}")
+    # Every input is read before the model is loaded, and the folder made only once the model has loaded.
+    source_image = load_image(source).permute(2, 0, 1).unsqueeze(0)
+    info = probe_video(driving)
+    model = load_model(str(checkpoint))
+    out.mkdir(parents=True, exist_ok=True)
     n = int(unique_path(out / f"anytalk_demo.{video_format}").stem.rsplit("_", 1)[1])
     while (out / f"anytalk_demo_{n:05d}.{video_format}").exists() or (out / f"anytalk_demo_{n:05d}_sheet.png").exists():
         n += 1  # a video of another format took this number's sheet
     video_path = out / f"anytalk_demo_{n:05d}.{video_format}"
     sheet_path = out / f"anytalk_demo_{n:05d}_sheet.png"
 
-    model = load_model(str(checkpoint))
     size = model.config.image_size
     engine = Engine(model, EngineConfig(device=device, precision=precision))
-    source_image = load_image(source).permute(2, 0, 1).unsqueeze(0)
-    state = engine.prepare_source(_resize(source_image, size))
-    info = probe_video(driving)
+    state = engine.prepare_source(fit_square(source_image, size))
 
     def driving_chunks(target: int):
         for chunk in iter_video_frames(driving, fps=info.fps, chunk=16):
-            yield _resize(chunk.permute(0, 3, 1, 2).float() / 255, target)
+            yield fit_square(chunk.permute(0, 3, 1, 2).float() / 255, target)
 
     total = max(info.frame_count, 1)
-    report = (lambda done, _t: progress(done, 2 * total)) if progress else None
-    motion = engine.estimate_motion(driving_chunks(size), total=total, progress=report, fps=info.fps)
+    motion = engine.estimate_motion(driving_chunks(size), total=total, fps=info.fps,
+                                    progress=stage_progress(progress, "motion", total))
     keypoints = engine.driven_keypoints(state, motion, TransferOptions())
     n = keypoints.shape[0]
     generated_all, driving_all = [], []
     audio = read_audio(driving) if info.has_audio and video_format != "gif" else None
-    source_tile = _resize(source_image, tile)
+    source_tile = fit_square(source_image, tile)
     with VideoWriter(video_path, fps=info.fps, audio=audio) as writer:
         drivers = driving_chunks(tile)
         pending = torch.empty(0, 3, tile, tile)
-        render_report = (lambda done, _t: progress(n + done, 2 * n)) if progress else None
-        for generated in engine.render(state, keypoints, progress=render_report):
+        for generated in engine.render(state, keypoints, progress=stage_progress(progress, "render", n)):
             generated = generated.float().cpu().clamp(0, 1)
             while pending.shape[0] < generated.shape[0]:
                 pending = torch.cat([pending, next(drivers)])
             drv, pending = pending[: generated.shape[0]], pending[generated.shape[0]:]
-            big = _resize(generated, tile)
+            big = fit_square(generated, tile)
             row = torch.cat([drv, source_tile.expand_as(big), big], dim=-1)
             writer.write(row.permute(0, 2, 3, 1))
             generated_all.append(generated)
-            driving_all.append(_resize(drv, size))
-    sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), _resize(source_image, size))
+            driving_all.append(fit_square(drv, size))
+    sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), fit_square(source_image, size))
     save_image(sheet, sheet_path)
     return DemoResult(video_path, sheet_path, n, info.fps)

@@ -22,6 +22,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 AUDIO_CHUNK = 128  # video frames per audio-to-motion pass (a few hundred tokens: memory is tiny at any length)
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
+StageProgressFn = Callable[[str, int, int], None]  # (stage: "motion", "audio" or "render", frames done, frames total)
 CancelFn = Callable[[], bool]  # True to stop
 
 
@@ -240,16 +241,31 @@ class Engine:
                 options: TransferOptions | None = None, smoothing: float = 0.0, fps: float = 25.0,
                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                 total: int | None = None) -> Iterator[torch.Tensor]:
-        """Source image + driving frames -> generated frames, streamed chunk by chunk (n, 3, H, W)."""
+        """Source image + driving frames -> generated frames, streamed chunk by chunk (n, 3, H, W).
+
+        ``progress(done, total)`` counts output frames as they are rendered (the slow stage), so its rate and
+        time estimate are the rendering's; motion estimation (a few percent of the time) is not reported.
+        """
         source = self.prepare_source(source_image)
-        motion = self.estimate_motion(driving_frames, total=total, cancel=cancel, fps=fps,
-                                      progress=(lambda d, t: progress(d, 2 * t)) if progress else None)
+        motion = self.estimate_motion(driving_frames, total=total, cancel=cancel, fps=fps)
         if smoothing > 0:
             motion = smooth_motion(motion, fps, smoothing)
         keypoints = self.driven_keypoints(source, motion, options)
-        n = keypoints.shape[0]
-        yield from self.render(source, keypoints, cancel=cancel,
-                               progress=(lambda d, t: progress(n + d, 2 * n)) if progress else None)
+        yield from self.render(source, keypoints, cancel=cancel, progress=progress)
+
+
+def stage_progress(progress: StageProgressFn | None, stage: str, total: int | None = None) -> ProgressFn | None:
+    """The engine's ``(done, total)`` callback of one stage of a run, reported as ``progress(stage, done, total)``.
+
+    A run (``anytalk animate``, ``anytalk demo``) reports each stage in its own frames: ``motion`` and ``audio``
+    count driving frames, ``render`` counts output frames. With ``total``, the stage's start is reported at
+    once as ``(stage, 0, total)``, so a progress bar's rate and time estimate count from the stage's start.
+    """
+    if progress is None:
+        return None
+    if total is not None:
+        progress(stage, 0, total)
+    return lambda done, total: progress(stage, done, total)
 
 
 def smooth_motion(motion: Motion, fps: float, strength: float, method: str = "one_euro") -> Motion:

@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import torch
 
 from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full, paste_back
-from .engine import Engine, EngineConfig, smooth_motion
+from .demo import MAX_TILE, MIN_TILE, fit_square
+from .engine import Engine, EngineConfig, StageProgressFn, smooth_motion, stage_progress
 from .io_utils import check_can_write
 from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_audio, probe_video, read_audio
+from .media._files import check_input_file, media_error, open_media
 from .models.base import TalkingHeadModel, TransferOptions
 from .motion import mix
 
@@ -41,6 +44,7 @@ class AnimateOptions:
     keep_audio: bool = True
     release_networks: bool = False  # free weights once a stage no longer needs them (one-shot CLI runs)
     fps: float = 25.0  # frame rate of audio-driven output without a driving video
+    upscale: int | None = None  # write the model's frames enlarged to upscale x upscale px (for viewing only)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
@@ -49,6 +53,13 @@ class AnimateOptions:
             raise ValueError(f"fps must be a number in (0, 240], got {self.fps!r}")
         parse_crop(self.crop)
         parse_crop(self.driving_crop)
+        if self.upscale is not None:
+            if not (isinstance(self.upscale, int) and MIN_TILE <= self.upscale <= MAX_TILE):
+                raise ValueError(f"upscale must be a whole number of pixels in [{MIN_TILE}, {MAX_TILE}], "
+                                 f"got {self.upscale!r}")
+            if self.paste_back:
+                raise ValueError("upscale enlarges the model's square frames; with paste-back the output already "
+                                 "has the source's size: use one or the other")
 
 
 def parse_crop(text: str) -> str | tuple[float, float, float, float]:
@@ -82,6 +93,8 @@ def check_paths(source: str, driving: str | None, out: str, overwrite: bool, ext
     if driving is None and audio is None:
         raise ValueError("nothing drives the portrait: give a driving video, an audio file, or both")
     for path, kind in ((source, "source image"), (driving, "driving video"), (audio, "audio file")):
+        if path is not None and os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a folder; the {kind} must be a file")
         if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: {kind} not found")
     for path in extra_inputs:  # e.g. a checkpoint, which may be a LivePortrait folder
@@ -104,13 +117,28 @@ def check_paths(source: str, driving: str | None, out: str, overwrite: bool, ext
     return out_path
 
 
+def check_inputs(source: str, driving: str | None, audio: str | None) -> None:
+    """Decode what a run reads before any model is loaded: the source image, the driving video (a video stream
+    and its first frame) and the audio (an audio stream and its first samples), each with the media readers.
+
+    Raises the reader's one-line ValueError naming the file (not an image, no video stream, no audio track...).
+    """
+    load_image(source)
+    if driving is not None:
+        probe_video(driving)
+    if audio is not None:
+        check_audio(audio)
+
+
 def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out: str,
-                 options: AnimateOptions | None = None, progress: Callable[[int, int], None] | None = None,
-                 audio: str | None = None) -> Path:
+                 options: AnimateOptions | None = None, progress: StageProgressFn | None = None,
+                 audio: str | None = None, say: Callable[[str], None] | None = None) -> Path:
     """Animate ``source`` with the motion of ``driving`` and/or the speech in ``audio``; returns the written path.
 
     With both, the head pose comes from the video and the expression from the audio (the audio's length is
     fitted to the video's frames); with the audio alone the output has ``options.fps`` frames per second.
+    ``progress(stage, done, total)`` reports each stage in its frames (see :func:`.engine.stage_progress`);
+    ``say(line)`` gets what a user should know: how ``--crop auto`` framed the inputs, the output's size.
     """
     from .audio_motion import require_audio2motion
 
@@ -125,6 +153,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
 
     original = load_image(source).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
     spec = crop_spec_for(original, options.crop, size)
+    if say is not None and options.crop == "auto":
+        say(describe_auto_crop(spec, "source"))
     source_state = engine.prepare_source(apply_crop(original, spec))
     if options.release_networks:
         model.release_networks(model.source_only_modules)
@@ -133,39 +163,82 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     fps = info.fps if info is not None else float(options.fps)
     if driving is not None:
         total = max(info.frame_count, 1)
-        report = (lambda done, _t: progress(done, 2 * total)) if progress else None
-        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size), total=total, progress=report,
-                                        fps=fps)
+        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size, say), total=total,
+                                        progress=stage_progress(progress, "motion", total), fps=fps)
     if sound is not None:
         speech = engine.audio_motion(sound, fps, n_frames=len(motion) if motion is not None else None,
-                                     progress=(lambda done, t: progress(done, 2 * t)) if progress else None)
+                                     progress=stage_progress(progress, "audio"))
         rest = engine.rest_motion(fps)
         motion, reference = (speech, rest) if motion is None else (mix(motion, speech), mix(motion[0], rest))
     if options.smoothing > 0:
         motion = smooth_motion(motion, fps, options.smoothing)
     keypoints = engine.driven_keypoints(source_state, motion, options.transfer, reference=reference)
-    n = keypoints.shape[0]
     if options.release_networks:
         model.release_networks(model.networks_not_needed_for_rendering())
 
     if sound is None and options.keep_audio and info.has_audio:
         sound = read_audio(driving)
+    if say is not None:
+        say(_output_size_note(tuple(original.shape[-2:]), size, options))
     with VideoWriter(out_path, fps=fps, audio=sound, overwrite=options.overwrite) as writer:
-        render_report = (lambda done, _t: progress(n + done, 2 * n)) if progress else None
-        for generated in engine.render(source_state, keypoints, progress=render_report):
+        render_progress = stage_progress(progress, "render", len(keypoints))
+        for generated in engine.render(source_state, keypoints, progress=render_progress):
             if options.paste_back:
                 generated = paste_back(original, generated, spec)
+            elif options.upscale is not None:
+                generated = fit_square(generated, options.upscale)
             writer.write(generated.permute(0, 2, 3, 1))
     return out_path
 
 
-def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int):
+def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int,
+                    say: Callable[[str], None] | None = None):
     """The driving video's frames, cropped for the model, chunk by chunk: (n, 3, size, size) in 0..1."""
     frames = iter_video_frames(driving, fps=fps, chunk=options.engine.chunk_size)
     first = next(frames, None)
     if first is None:
         raise ValueError(f"{driving}: the video has no frames")
     driving_spec = crop_spec_for(first[:1].permute(0, 3, 1, 2).float() / 255, options.driving_crop, size)
+    if say is not None and options.driving_crop == "auto":
+        say(describe_auto_crop(driving_spec, "driving video (its first frame's box, kept for every frame)"))
     for piece in itertools.chain([first], frames):  # frame by frame: a full-size float copy of one frame at most
         yield torch.cat([apply_crop(frame.permute(2, 0, 1).unsqueeze(0).float() / 255, driving_spec)
                          for frame in piece])
+
+
+def check_audio(path: str) -> None:
+    """An audio stream that decodes: its first frame is read (the whole track is read later, by read_audio)."""
+    p = check_input_file(path, "Audio")
+    with open_media(p, "audio") as container:
+        if not container.streams.audio:
+            raise ValueError(f"no audio track in {p}")
+        try:
+            frame = next(container.decode(container.streams.audio[0]), None)
+        except av.FFmpegError as e:
+            raise media_error(p, "audio", e) from None
+    if frame is None:
+        raise ValueError(f"no decodable audio in {p}")
+
+
+def describe_auto_crop(spec: CropSpec, what: str) -> str:
+    """One line for ``--crop auto``: which detector framed ``what`` (or that none found a head) and the crop."""
+    side = spec.box(0)[2]
+    h, w = spec.original_hw
+    crop = f"a {side:.0f} x {side:.0f} px square of the {w} x {h} picture"
+    report = spec.reports[0] if spec.reports else None
+    if report is None or report.detector == "center":
+        notice = f" ({report.notice})" if report is not None and report.notice else ""
+        return (f"crop auto: no head found in the {what}; using the centre square instead ({crop}){notice}; "
+                "give --crop X,Y,W,H to frame it yourself")
+    return f"crop auto: the {what} {report.describe()}; cropped to {crop}"
+
+
+def _output_size_note(source_hw: tuple[int, int], size: int, options: AnimateOptions) -> str:
+    """One line: the size of the written frames, and where it comes from."""
+    if options.paste_back:
+        return f"output: {source_hw[1]} x {source_hw[0]} px (the source's size, the animated crop pasted back)"
+    if options.upscale is not None:
+        return (f"output: {options.upscale} x {options.upscale} px: the model's {size} x {size} px frames "
+                "enlarged for viewing (--upscale adds no detail)")
+    return (f"output: {size} x {size} px, the model's size (--upscale PX enlarges the frames for viewing; "
+            "--paste-back keeps the source's size)")

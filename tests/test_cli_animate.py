@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 
 import pytest
 import torch
 
 from anytalk_core.checkpoints import save_checkpoint
 from anytalk_core.cli import main
+from anytalk_core.engine import EngineConfig
 from anytalk_core.media import probe_video, read_audio, save_image, write_video
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
@@ -132,3 +134,89 @@ def test_refuses_to_overwrite_without_flag(files, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert animate(files, out, "--overwrite") == 0
     assert probe_video(out).frame_count == 13
+
+
+def test_progress_is_one_labelled_bar_per_stage_counting_that_stages_frames(files, tmp_path, capsys):
+    from anytalk_core.checkpoints import load_model
+    from anytalk_core.pipeline import AnimateOptions, animate_file
+
+    calls = []
+    animate_file(load_model(str(files / "tiny.safetensors")), str(files / "source.png"), str(files / "driving.mp4"),
+                 str(tmp_path / "p.mp4"), AnimateOptions(engine=EngineConfig(chunk_size=5)),
+                 progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert calls == [("motion", 0, 13), ("motion", 5, 13), ("motion", 10, 13), ("motion", 13, 13),
+                     ("render", 0, 13), ("render", 5, 13), ("render", 10, 13), ("render", 13, 13)]
+    assert animate(files, tmp_path / "quiet.mp4") == 0  # --quiet: no bar at all
+    assert "frame/s" not in capsys.readouterr().err
+    args = ["animate", "--source", str(files / "source.png"), "--driving", str(files / "driving.mp4"),
+            "--checkpoint", str(files / "tiny.safetensors"), "--out", str(tmp_path / "shown.mp4"), "--chunk", "5"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    finals = [line.rsplit("\r", 1)[-1] for line in err.replace("\r\n", "\n").split("\n") if "frame/s" in line]
+    assert any(f.startswith("driving motion") and "13/13" in f for f in finals), err
+    assert any(f.startswith("rendering") and "13/13" in f for f in finals), err
+    assert not re.search(r"(?<![\d.])0frame", err) and "/26" not in err  # no empty bar, no doubled count
+
+
+def _loader_must_not_run(monkeypatch):
+    from anytalk_core import checkpoints
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(checkpoints, "load_model", refuse)
+
+
+def _audio_only_file(path):
+    from anytalk_core.media.audio import write_wav
+
+    t = torch.arange(8000) / 16000
+    write_wav(path.with_suffix(".wav"), torch.sin(2 * math.pi * 220 * t)[None], 16000)
+    path.with_suffix(".wav").rename(path)  # an mp4 name, but only sound inside
+    return path
+
+
+EARLY_CASES = {
+    "text file named .png": (lambda f, t: ["--source", str(write_bad(t, "notes.png", b"just some text\n" * 20))],
+                             "not an image file"),
+    "mp4 without a video stream": (lambda f, t: ["--driving", str(_audio_only_file(t / "sound.mp4"))],
+                                   "no video stream"),
+    "audio without an audio stream": (lambda f, t: ["--audio", str(f / "silent.webm")], "no audio track"),
+    "folder as the source": (lambda f, t: ["--source", str(t)], "is a folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_CASES))
+def test_every_input_is_checked_before_the_model_loads(files, tmp_path, capsys, monkeypatch, case):
+    make, expected = EARLY_CASES[case]
+    override = make(files, tmp_path)
+    args = ["animate", "--source", str(files / "source.png"), "--driving", str(files / "driving.mp4"),
+            "--checkpoint", str(files / "tiny.safetensors"), "--out", str(tmp_path / "out.mp4"), "--quiet"]
+    for flag, value in zip(override[::2], override[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    _loader_must_not_run(monkeypatch)
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("anytalk: error: ") and expected in err[0], err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_auto_crop_and_output_size_are_reported_and_upscale_enlarges(files, tmp_path, capsys):
+    out = tmp_path / "big.mp4"
+    assert animate(files, out, "--crop", "auto", "--upscale", "160") == 0
+    err = capsys.readouterr().err
+    crop_line = next(line for line in err.splitlines() if line.startswith("anytalk: crop auto: "))
+    # which detector framed it (or that none did), and the square taken from the 70 x 90 source
+    assert re.search(r"(framed by the .+: face box x=-?\d+ y=-?\d+ w=\d+ h=\d+|no head found)", crop_line), crop_line
+    assert re.search(r"a \d+ x \d+ px square of the 70 x 90 picture", crop_line), crop_line
+    assert "anytalk: output: 160 x 160 px: the model's 64 x 64 px frames enlarged" in err
+    info = probe_video(out)
+    assert (info.width, info.height, info.frame_count) == (160, 160, 13)
+    assert animate(files, tmp_path / "small.mp4") == 0
+    assert "anytalk: output: 64 x 64 px, the model's size" in capsys.readouterr().err
+    assert animate(files, tmp_path / "no.mp4", "--upscale", "160", "--paste-back") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "paste-back" in err[0] and not (tmp_path / "no.mp4").exists()

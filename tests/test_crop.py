@@ -328,3 +328,19 @@ def test_errors():
         CropSpec(torch.zeros(1, 3, 3), 32, (64, 80))
     with pytest.raises(ValueError, match="singular"):
         CropSpec(torch.zeros(1, 2, 3), 32, (64, 80))
+
+
+def test_auto_crop_says_which_detector_framed_each_frame_and_the_box_in_pixels():
+    head = _synthetic_head()
+    h, w = head.shape[-2:]
+    spec = crop_auto(torch.cat([head, torch.full_like(head, 0.4)]), 64, backend="foreground")
+    assert [r.detector for r in spec.reports] == ["foreground", "center"]
+    left, top, side = spec.box(1)  # nothing found: the centre square of the picture
+    assert (left, top, side) == pytest.approx(((w - h) / 2, 0.0, h))
+    assert [r.detector for r in crop_auto(head, 64, backend="center").reports] == ["center"]
+
+
+def test_box_is_the_manual_box_made_square():
+    spec = crop_box((100, 120), (10.0, 20.0, 30.0, 40.0), 64)
+    assert spec.box() == pytest.approx((5.0, 20.0, 40.0))  # side max(w, h), same centre
+    assert spec.reports == ()

@@ -62,11 +62,11 @@ def test_a_portrait_that_is_not_square_keeps_its_proportions():
     yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
     disc = (((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < 20 ** 2).float()
     tall = disc.expand(1, 3, h, w).clone()
-    square = demo._resize(tall, 60)[0, 0]
+    square = demo.fit_square(tall, 60)[0, 0]
     rows, cols = (square > 0.5).any(1).sum(), (square > 0.5).any(0).sum()
     assert abs(int(rows) - 20) <= 1 and abs(int(cols) - 20) <= 1  # 40 px across at half scale, both ways
     frame = torch.rand(1, 3, 50, 50)
-    assert torch.equal(demo._resize(frame, 50), frame)  # a square frame at the model's size: untouched
+    assert torch.equal(demo.fit_square(frame, 50), frame)  # a square frame at the model's size: untouched
 
 
 def test_missing_bundled_file_names_the_fix(tmp_path, monkeypatch, capsys):
@@ -132,3 +132,36 @@ def test_the_bundled_demo_speech_moves_the_rendered_mouth_in_step():
     finally:
         torch.set_num_threads(threads)
     assert sync["r"] > 0.7 and abs(sync["lag"]) <= 1, sync
+
+
+def test_demo_creates_a_missing_out_dir_and_reports_each_stage_in_frames(inputs, tmp_path):
+    root, source, driving = inputs
+    out = tmp_path / "new" / "deeper"
+    calls = []
+    result = demo.run_demo(out, checkpoint=root / "tiny.safetensors", source=source, driving=driving, tile=32,
+                           progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert result.video.parent == out and result.video.is_file() and result.contact_sheet.is_file()
+    assert [c for c in calls if c[0] == "motion"][-1] == ("motion", 15, 15)
+    assert [c for c in calls if c[0] == "render"][-1] == ("render", 15, 15)
+    assert {stage for stage, _, _ in calls} == {"motion", "render"} and all(d <= t for _, d, t in calls)
+
+
+def test_demo_checks_its_inputs_before_loading_the_model_and_makes_no_folder(inputs, tmp_path, monkeypatch, capsys):
+    from anytalk_core import checkpoints
+
+    root, source, driving = inputs
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("model loaded before the checks"))
+    out = tmp_path / "never"
+    text = tmp_path / "clip.mp4"
+    text.write_text("not a video\n" * 50)
+    for bad in (["--source", str(tmp_path)], ["--driving", str(text)]):
+        args = ["demo", "--checkpoint", str(root / "tiny.safetensors"), "--source", str(source),
+                "--driving", str(driving), "--out-dir", str(out), "--quiet"]
+        args[args.index(bad[0]) + 1] = bad[1]
+        assert main(args) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("anytalk: error: "), err
+    assert not out.exists()
+    (tmp_path / "a_file").write_text("x")
+    assert main(["demo", "--out-dir", str(tmp_path / "a_file"), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err

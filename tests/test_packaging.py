@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import shutil
+import subprocess
+import sys
 import tomllib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,3 +57,33 @@ def test_core_library_imports_itself_only_relatively():
                 if top in ("anytalk_core", "nodes", "training", "anytalk_training", "comfy", "folder_paths"):
                     offenders.append(f"{path.relative_to(ROOT)}: import {name}")
     assert not offenders, offenders
+
+
+def test_license_is_an_spdx_expression_and_setuptools_is_new_enough_for_it():
+    project = pyproject()
+    assert project["project"]["license"] == "MIT"  # a TOML table is deprecated by setuptools (PEP 639)
+    assert project["project"]["license-files"] == ["LICENSE"] and (ROOT / "LICENSE").is_file()
+    assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_training_configs_are_a_listed_data_package():
+    tool = pyproject()["tool"]["setuptools"]
+    assert "anytalk_training.configs" in tool["packages"]
+    patterns = tool["package-data"]["anytalk_training.configs"]
+    shipped = {p.name for p in (ROOT / "training" / "configs").iterdir() if any(p.match(g) for g in patterns)}
+    assert {"demo.toml", "demo_stage2.toml", "demo_stage3.toml", "smoke.toml"} <= shipped
+
+
+@pytest.mark.parametrize("folder", ["comfyui-anytalk", "comfyui.anytalk", "ComfyUI/custom_nodes/comfyui-anytalk"])
+def test_the_suite_runs_whatever_the_checkout_folder_is_called(tmp_path, folder):
+    """The README clones into ``custom_nodes/comfyui-anytalk``: pytest must never import the root ``__init__.py``
+    (ComfyUI's entry point, relative imports only) as a package named after a folder that is no Python name."""
+    checkout = tmp_path / folder
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("pyproject.toml", "conftest.py", "__init__.py"):
+        shutil.copy(ROOT / name, checkout / name)
+    (checkout / "tests" / "test_probe.py").write_text("def test_probe():\n    assert True\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=checkout,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout

@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anytalk_core.cli import OneLineErrorParser
+
 EXIT_SETUP = 2
 EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anytalk-train", description="Train AnyTalk (face-vid2vid family) talking-head models, or their audio-to-motion part (task = \"audio2motion\").",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::")[1])
+    p = OneLineErrorParser(prog="anytalk-train", description="Train AnyTalk (face-vid2vid family) talking-head models, or their audio-to-motion part (task = \"audio2motion\").",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:" + __doc__.split("Examples::")[1].replace("``", "'"))
     p.add_argument("config", help="TOML config (see training/configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
     p.add_argument("--resume", action="store_true",
