@@ -106,7 +106,9 @@ def test_reconstruction_is_independent_of_the_chunk_size(files, tmp_path):
                        files / "tiny.safetensors", "--device", "cpu", "--chunk", chunk, "--metrics", "l1,psnr",
                        "--out", tmp_path, "--name", f"c{chunk}", "--quiet") == 0
         values.append(json.loads((tmp_path / f"c{chunk}.json").read_text())["rows"][0])
-    assert values[0]["L1↓"] == pytest.approx(values[1]["L1↓"], rel=1e-6)
+    # equal up to float rounding: the motion estimator runs batches of 1 vs 4 frames, and oneDNN's convolution
+    # kernels for the two batch sizes round differently on some CPUs (1.8e-6 relative on an AVX2 AMD EPYC)
+    assert values[0]["L1↓"] == pytest.approx(values[1]["L1↓"], rel=1e-5)
     assert values[0]["Frames"] == values[1]["Frames"] == 4
 
 
