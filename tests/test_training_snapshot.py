@@ -16,10 +16,24 @@ from anytalk_training.snapshot import (factor_second_moment, is_snapshot, read_s
                                        write_snapshot)
 from anytalk_training.trainer import SetupError, Trainer, cpu_bf16_support
 
-from test_training_run import ROOT, base_config, regressor, write_config  # noqa: F401 - regressor is a fixture
+from test_training_run import ROOT, base_config, write_config
 
 DEMO128 = ROOT / "training" / "configs" / "demo128.toml"
 SNAPSHOT = ROOT / "assets" / "demo" / "training_state" / "demo128.safetensors"
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory) -> str:
+    """A small synthetic expression regressor (phi of the test runs), as tests/test_training_run.py's."""
+    from anytalk_training.config import DEFAULTS
+    from anytalk_training.expression import save_regressor, train_expression_regressor
+
+    e = dict(DEFAULTS["expression"], regressor_train_images=48, regressor_val_images=12, regressor_steps=3,
+             regressor_width=4, regressor_batch=8)
+    net, report = train_expression_regressor(e, 0, torch.device("cpu"), log=lambda m: None)
+    path = tmp_path_factory.mktemp("phi") / "phi.safetensors"
+    save_regressor(net, path, report)
+    return str(path)
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +65,7 @@ def test_cpu_bf16_support_reads_the_flags_line():
     assert cpu_bf16_support("") == []
 
 
-def test_cpu_precision_auto_bf16_and_fp16(tmp_path, regressor, monkeypatch):  # noqa: F811
+def test_cpu_precision_auto_bf16_and_fp16(tmp_path, regressor, monkeypatch):
     """auto: fp32 without bf16 instructions, bf16 with them (logged either way); an explicit bf16 without them
     runs emulated with a warning; fp16 on a CPU is refused. A bf16 step keeps fp32 master weights."""
     import anytalk_training.trainer as tr
@@ -78,7 +92,7 @@ def test_cpu_precision_auto_bf16_and_fp16(tmp_path, regressor, monkeypatch):  # 
 
 # ------------------------------------------------------------------------------------------------ wall clock
 
-def test_wall_clock_budget_stops_cleanly_with_a_checkpoint_and_resumes(tmp_path, regressor):  # noqa: F811
+def test_wall_clock_budget_stops_cleanly_with_a_checkpoint_and_resumes(tmp_path, regressor):
     cfg = write_config(tmp_path / "c.toml", base_config(tmp_path / "run", regressor))
     result, _ = fit(load_config(cfg, ["train.max_wall_seconds=0.001"]))
     assert result["end_step"] == 1 and result["budget_spent"] and result["interrupted"] and "export" not in result
@@ -110,7 +124,7 @@ def test_motion_estimator_scale_factor_reads_the_downsampled_image():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_64px_model_continues_at_128px(tmp_path, regressor):  # noqa: F811
+def test_a_64px_model_continues_at_128px(tmp_path, regressor):
     """The shipped demo's path to 128 px: the same weights load into a model twice the size (convolutions), the
     keypoint detector's anti-aliasing kernel is rebuilt for its halved scale factor, and it trains."""
     cfg = write_config(tmp_path / "c.toml", base_config(tmp_path / "small", regressor))
@@ -140,7 +154,7 @@ def test_factored_second_moments_round_trip():
 
 
 @pytest.fixture(scope="module")
-def frozen_run(tmp_path_factory, regressor):  # noqa: F811
+def frozen_run(tmp_path_factory, regressor):
     """A base model, then 2 steps of a run from it with the motion estimator frozen (as demo128.toml)."""
     tmp = tmp_path_factory.mktemp("snap")
     cfg = write_config(tmp / "c.toml", base_config(tmp / "base", regressor))
