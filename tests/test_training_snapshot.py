@@ -204,8 +204,11 @@ def test_a_run_continues_from_a_snapshot_and_refuses_other_frozen_networks(froze
     assert rc == 2 and "--resume: no training checkpoint at" in capsys.readouterr().err
     from anytalk_training.snapshot import main as snapshot_main
 
-    assert snapshot_main([str(tmp / "run" / "checkpoints" / "last.safetensors"), str(snap)]) == 0
-    assert "snapshot of step 2" in capsys.readouterr().out
+    assert snapshot_main([str(tmp / "run" / "checkpoints" / "last.safetensors"), str(snap),
+                          "--logs-to", str(tmp_path / "logs")]) == 0
+    out = capsys.readouterr().out
+    assert "snapshot of step 2" in out and "copied metrics.jsonl, train.log, run_info.json" in out
+    assert (tmp_path / "logs" / "metrics.jsonl").read_bytes() == (tmp / "run" / "metrics.jsonl").read_bytes()
     config = load_config(cfg, [*overrides[:2], f"output_dir={tmp_path / 'fresh'}", "train.stop_after=3"])
     result, t = fit(config, resume=str(snap))
     assert (result["start_step"], result["end_step"]) == (2, 3)

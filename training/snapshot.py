@@ -20,7 +20,7 @@ from ``checkpoints/last.safetensors`` stays exact). ``anytalk-train <config> --r
 from one (:class:`~.trainer.Trainer` loads ``model.init_from`` first, then the snapshot over it)::
 
     python -m anytalk_training.snapshot runs/demo128/checkpoints/last.safetensors \\
-        assets/demo/training_state/demo128.safetensors --replace
+        assets/demo/training_state/demo128.safetensors --replace --logs-to assets/demo/training_log/demo128
 """
 from __future__ import annotations
 
@@ -182,12 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("train_state", help="a run's checkpoints/last.safetensors")
     parser.add_argument("out", help="the snapshot to write, e.g. assets/demo/training_state/demo128.safetensors")
     parser.add_argument("--replace", action="store_true", help="replace an existing snapshot")
+    parser.add_argument("--logs-to", metavar="DIR", default=None,
+                        help="also copy the run's metrics.jsonl, train.log and run_info.json (beside checkpoints/) here")
     args = parser.parse_args(argv)
     try:
         info = write_snapshot(args.train_state, args.out, replace=args.replace)
     except (TrainStateError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.logs_to:
+        import shutil
+        from pathlib import Path
+
+        run_dir, logs = Path(args.train_state).resolve().parent.parent, Path(args.logs_to)
+        logs.mkdir(parents=True, exist_ok=True)
+        copied = [name for name in ("metrics.jsonl", "train.log", "run_info.json") if (run_dir / name).is_file()]
+        for name in copied:
+            shutil.copyfile(run_dir / name, logs / name)
+        print(f"copied {', '.join(copied) or 'no logs'} from {run_dir} to {logs}")
     print(f"snapshot of step {info['step']}: {info['path']} ({info['bytes'] / 1e6:.1f} MB; the training state is "
           f"{info['train_state_bytes'] / 1e6:.1f} MB; {info['frozen_tensors_not_stored']} frozen tensors come from "
           "model.init_from)")
