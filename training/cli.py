@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run from its checkpoints/last.safetensors")
     p.add_argument("--resume-from", metavar="CHECKPOINT", default=None,
-                   help="continue from this training checkpoint (e.g. checkpoints/epoch_0010.safetensors)")
+                   help="continue from this training checkpoint (e.g. checkpoints/epoch_0010.safetensors) or a compact "
+                        "snapshot committed to a repository (training/snapshot.py)")
     p.add_argument("--export", action="store_true",
                    help="only export the inference checkpoint of the run's last training state and exit")
     p.add_argument("--out", metavar="PATH", default=None,

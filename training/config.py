@@ -48,9 +48,12 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.5, 0.999],
         "lr_milestones": [180],  # epochs at which the learning rate is multiplied by lr_gamma
         "lr_gamma": 0.1,
-        "amp": "auto",  # auto (bf16 where supported, else fp16, on CUDA; off on CPU) | off | fp16 | bf16
+        "amp": "auto",  # auto (CUDA: bf16 where supported, else fp16; CPU: bf16 with amx_bf16/avx512_bf16, else off) | off | fp16 | bf16
         "sync_batchnorm": "auto",  # auto: on for multi-GPU DDP (the authors used synchronised BN); off on CPU
         "stop_after": 0,  # stop after this many optimiser steps in total (0 = run the whole schedule)
+        # stop cleanly (checkpoint saved, --resume continues) once this many seconds have passed since the run
+        # started, set-up included (0 = no limit): a session or a GPU lease of known length ends the run itself
+        "max_wall_seconds": 0.0,
         "checkpoint_every": 1000,  # steps between atomic training-state checkpoints (always at the end)
         "snapshot_every_epochs": 10,  # also keep checkpoints/epoch_NNNN.safetensors every N epochs (0 = never)
         "log_every": 10,  # steps between JSONL metric lines
@@ -389,6 +392,8 @@ def _validate(config: dict) -> None:
     for key in ("epochs", "batch_size", "accumulate"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["max_wall_seconds"] < 0:
+        raise ConfigError(f"train.max_wall_seconds must be >= 0 (0 = no limit), got {t['max_wall_seconds']}")
     if t["amp"] not in ("auto", "off", "fp16", "bf16"):
         raise ConfigError(f"train.amp must be auto, off, fp16 or bf16, got {t['amp']!r}")
     if t["sync_batchnorm"] not in ("auto", True, False, "on", "off"):

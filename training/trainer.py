@@ -105,6 +105,21 @@ def seed_for(*parts: int | str) -> int:
     return int.from_bytes(h, "little") & (2**63 - 1)
 
 
+def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 instruction sets this CPU has (``amx_bf16``, ``avx512_bf16`` from /proc/cpuinfo's flags), [] when
+    none or unknown. Without them torch emulates bf16 on the CPU, slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[-1].split())
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
 # ------------------------------------------------------------------------------------------------
 # Model configuration and initial weights
 # ------------------------------------------------------------------------------------------------
@@ -176,6 +191,11 @@ def load_initial_weights(model: nn.Module, path: str, log, weights: tuple | None
     holder = nn.Module()
     for name in GENERATOR_MODULES:
         setattr(holder, name, getattr(model, name))
+    # Anti-aliasing kernels are derived from the config, not learned: a model continued at another image size
+    # (a 64 px model at 128 px with the keypoint detector's scale_factor halved) keeps its own.
+    derived = derived_kernel_buffers(holder)
+    rebuilt = sorted(k for k in derived if k in gen_state and not torch.equal(gen_state[k], derived[k]))
+    gen_state.update({k: v for k, v in derived.items() if k in gen_state})
     try:
         check_state_dict(path, holder, gen_state)
     except CheckpointError as exc:
@@ -192,10 +212,21 @@ def load_initial_weights(model: nn.Module, path: str, log, weights: tuple | None
             note += ", discriminator does not fit: initialised fresh"
     else:
         note += ", no discriminator in the file: initialised fresh"
+    if rebuilt:
+        note += f", anti-aliasing kernels {', '.join(rebuilt)} rebuilt for this config"
     if dropped_audio:
         note += ", audio-to-motion part not carried over (retrain it: training/configs/audio2motion.toml)"
     log(f"init_from {path}: {note}")
     return {"path": os.path.abspath(path), "note": note}, train_state
+
+
+def derived_kernel_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The stored buffers of ``module`` that its config determines (AntiAliasDownsample kernels), by state-dict key."""
+    from anytalk_core.models.keypoint_detector import AntiAliasDownsample
+
+    keys = set(module.state_dict())
+    return {f"{name}.weight": sub.weight for name, sub in module.named_modules()
+            if isinstance(sub, AntiAliasDownsample) and f"{name}.weight" in keys}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,12 +439,17 @@ class Trainer:
         if self.image_size != self.model_config.image_size:
             raise SetupError(f"data.image_size={self.image_size} differs from the model's image size "
                              f"{self.model_config.image_size} (set model.overrides.image_size too)")
-        init_from = os.path.expanduser(cfg["model"]["init_from"]) if cfg["model"]["init_from"] and not resume_path else ""
+        # a compact snapshot (training/snapshot.py) holds only the trained networks: the frozen ones come from init_from
+        from .snapshot import is_snapshot
+
+        from_snapshot = resume_path is not None and is_snapshot(resume_path)
+        use_init = bool(cfg["model"]["init_from"]) and (resume_path is None or from_snapshot)
+        init_from = os.path.expanduser(cfg["model"]["init_from"]) if use_init else ""
         if init_from and not os.path.isfile(init_from):
             raise SetupError(f"model.init_from: {init_from}: file not found")
         # every file the config names is read before the data and the networks are built: a bad one fails at once
         init_weights = read_initial_weights(init_from) if init_from else None
-        self._resume_state = read_resume_state(resume_path) if resume_path is not None else None
+        self._resume_state = read_resume_state(resume_path) if resume_path is not None and not from_snapshot else None
         self._vgg19 = None
         vgg_path = cfg["perceptual"]["vgg19_weights"]
         if vgg_path and any(float(w) for w in cfg["perceptual"]["weights"]):
@@ -444,7 +480,7 @@ class Trainer:
         torch.manual_seed(int(cfg["seed"]))
         self.model = build_model(self.model_config, with_discriminator=True)
         self.init_info, init_state = None, None
-        if cfg["model"]["init_from"] and not resume_path:
+        if use_init:
             self.init_info, init_state = load_initial_weights(self.model, init_from, self.log, init_weights)
             del init_weights
             if cfg["model"]["init_optimizers"] and init_state is None:
@@ -518,8 +554,12 @@ class Trainer:
         return warm_up_motion(self.model, self.cfg, domains, self.image_size, self.device, self.log)
 
     def _setup_amp(self) -> None:
+        """Autocast precision (fp32 master weights either way). CUDA: bf16 where supported, else fp16 with a
+        GradScaler. CPU: bf16 only where the CPU has bf16 instructions (``cpu_bf16_support``; "auto"), else fp32;
+        an explicit bf16 without them runs emulated, which is slower, and says so."""
         amp = self.cfg["train"]["amp"]
         self.amp_dtype = None
+        self.amp_note = ""
         if self.device.type == "cuda":
             if amp == "auto":
                 amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -527,9 +567,20 @@ class Trainer:
                 self.amp_dtype = torch.bfloat16
             elif amp == "fp16":
                 self.amp_dtype = torch.float16
-        elif amp in ("fp16", "bf16"):
-            raise SetupError(f"train.amp = {amp!r} needs a CUDA device; this run is on {self.device} "
-                             "(use amp = 'auto' or 'off')")
+        elif amp == "fp16":
+            raise SetupError(f"train.amp = 'fp16' needs a CUDA device; this run is on {self.device} "
+                             "(on a CPU use amp = 'bf16', 'auto' or 'off')")
+        elif amp in ("auto", "bf16"):
+            flags = cpu_bf16_support()
+            if flags:
+                self.amp_dtype = torch.bfloat16
+                self.amp_note = f"bf16 autocast on CPU ({', '.join(flags)})"
+            elif amp == "bf16":
+                self.amp_dtype = torch.bfloat16
+                self.amp_note = ("WARNING: train.amp = 'bf16' on a CPU without amx_bf16 / avx512_bf16: bf16 is "
+                                 "emulated and runs slower than fp32 (use amp = 'auto' or 'off')")
+            else:
+                self.amp_note = "fp32 on CPU (no amx_bf16 / avx512_bf16 in /proc/cpuinfo; amp = 'auto')"
         self.amp_mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -610,7 +661,12 @@ class Trainer:
         return setup
 
     def _resume(self, path: Path) -> None:
-        state, self._resume_state = self._resume_state or read_resume_state(path), None
+        from .snapshot import is_snapshot, read_snapshot
+
+        if is_snapshot(path):
+            state = read_snapshot(path, self.model)
+        else:
+            state, self._resume_state = self._resume_state or read_resume_state(path), None
         saved_model = json.loads(state.meta["model_config"])
         if saved_model != json.loads(self.model_config.to_json()):
             diff = sorted(k for k in set(saved_model) | set(json.loads(self.model_config.to_json()))
@@ -634,7 +690,9 @@ class Trainer:
                     if isinstance(v, torch.Tensor) and k != "step":
                         st[k] = v.to(self.device)
         self.start_step = state.step
-        self.log(f"resumed from {path} at step {state.step} (epoch {state.epoch})")
+        self.log(f"resumed from {path} at step {state.step} (epoch {state.epoch})"
+                 + (": a compact snapshot (fp16 weights, factored Adam second moments, first moments restart at 0; "
+                    "close to, not bit-identical with, the uninterrupted run)" if snapshot else ""))
 
     def _phi_crc(self):
         if self.losses.expression is None:
@@ -666,7 +724,7 @@ class Trainer:
 
     def describe(self) -> dict:
         return {
-            "device": str(self.device), "world_size": self.dist.world, "amp": self.amp_mode,
+            "device": str(self.device), "world_size": self.dist.world, "amp": self.amp_mode, "amp_note": self.amp_note,
             "sync_batchnorm": self.sync_bn, "global_batch": self.global_batch, "accumulate": self.accumulate,
             "micro_batch": self.micro_batch, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "image_size": self.image_size, "data": self.dataset.describe(), "domains": self.dataset.domains,
@@ -677,6 +735,8 @@ class Trainer:
 
     def _write_run_info(self) -> None:
         info = self.describe()
+        if self.amp_note:
+            self.log(f"precision: {self.amp_note}")
         self.log(f"device {info['device']} x{info['world_size']}, AMP {info['amp']}, global batch {self.global_batch} "
                  f"({self.micro_batch} per micro-batch, accumulate {self.accumulate}), {self.steps_per_epoch} steps/epoch, "
                  f"{self.total_steps} steps in total")
@@ -830,6 +890,7 @@ class Trainer:
         step = self.start_step
         log_every, ckpt_every = max(1, int(t["log_every"])), int(t["checkpoint_every"])
         sample_every = int(t["sample_every"])
+        budget = float(t["max_wall_seconds"])
         window_t, window_n = time.time(), 0
         window: dict[str, list[float]] = {}
         timing = []
@@ -861,7 +922,12 @@ class Trainer:
                 if sample_every and step % sample_every == 0:
                     self._save_samples(step)
                     last_sample = step
-                interrupted = self._any_rank(self._interrupted)
+                over_budget = bool(budget) and self._any_rank(time.time() - self.t0 >= budget)
+                if over_budget and not self._interrupted:
+                    self.log(f"wall-clock budget spent (train.max_wall_seconds = {budget:g}, {time.time() - self.t0:.0f} s "
+                             f"since the start): saving step {step}")
+                    result["budget_spent"] = True
+                interrupted = self._any_rank(self._interrupted) or over_budget
                 if ckpt_every and step % ckpt_every == 0 or step == self.end_step or interrupted:
                     self.save(step)
                 if self.cfg["train"]["snapshot_every_epochs"] and step % self.steps_per_epoch == 0:

@@ -72,6 +72,9 @@ class MotionEstimatorConfig:
     stage_features: tuple[int, int, int, int] = (256, 512, 1024, 2048)
     stage_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)  # including the strided first block of stages 2-4
     num_bins: int = 66
+    # < 1: the image is low-passed and subsampled by this factor first (as the keypoint detector's scale_factor);
+    # a model trained at 64 px and continued at 128 px keeps reading pose from the image it learned on (0.5)
+    scale_factor: float = 1.0
 
 
 @dataclass

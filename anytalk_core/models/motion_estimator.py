@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import MotionEstimatorConfig
+from .keypoint_detector import AntiAliasDownsample
 
 
 class ResBottleneck(nn.Module):
@@ -68,6 +69,8 @@ class MotionEstimator(nn.Module):
         self.fc_yaw = nn.Linear(s4, cfg.num_bins)
         self.fc_t = nn.Linear(s4, 3)
         self.fc_exp = nn.Linear(s4, 3 * cfg.num_kp)
+        if cfg.scale_factor != 1:  # a fixed kernel derived from the config: not stored in checkpoints
+            self.down = AntiAliasDownsample(cfg.image_channels, cfg.scale_factor, persistent=False)
 
     @staticmethod
     def _stage(prefix: str, features: int, count: int) -> nn.Sequential:
@@ -77,6 +80,8 @@ class MotionEstimator(nn.Module):
         return stage
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.cfg.scale_factor != 1:
+            image = self.down(image)
         out = F.max_pool2d(F.relu(self.norm1(self.conv1(image))), kernel_size=3, stride=2, padding=1)
         out = self.block1(F.relu(self.norm2(self.conv2(out))))
         out = self.block3(self.block2(F.relu(self.norm3(self.conv3(out)))))
