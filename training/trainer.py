@@ -663,7 +663,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         from .snapshot import is_snapshot, read_snapshot
 
-        if is_snapshot(path):
+        snapshot = is_snapshot(path)
+        if snapshot:
             state = read_snapshot(path, self.model)
         else:
             state, self._resume_state = self._resume_state or read_resume_state(path), None
