@@ -101,6 +101,54 @@ def make_demo_inputs(out_dir: str | Path, size: int = 256, seconds: float = 4.0,
     return source_path, driving_path
 
 
+#: The example inputs the shipped ComfyUI workflows name (copied into ComfyUI's input/ folder by the user).
+WORKFLOW_INPUTS = ("anytalk_portrait.png", "anytalk_cartoon_fox.png", "anytalk_photo.png", "anytalk_driving.mp4",
+                   "anytalk_speech.wav")
+_PORTRAIT_SEED = (0xDE30, 3, 1)
+_PHOTO_SEED = (0xDE30, 4, 5)
+
+
+def make_workflow_inputs(out_dir: str | Path, size: int = 256, seconds: float = 4.0,
+                         fps: float = 25.0) -> list[Path]:
+    """Render the example inputs of ``workflows/`` (:data:`WORKFLOW_INPUTS`) into ``out_dir``; never overwrites.
+
+    A human portrait, the demo's cartoon animal, a "photo" (a rendered person at the right, on a
+    4:3 cluttered scene, for crop + paste-back), the demo's talking driver clip and its speech as a 16 kHz wav.
+    """
+    from .detection.train_heads import _procedural
+    from .media import write_wav
+    from .synthetic import render, sample_identity
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in WORKFLOW_INPUTS}
+    taken = [p for p in paths.values() if p.exists()]
+    if taken:
+        raise FileExistsError(f"{taken[0]} exists; remove the old example inputs first (nothing was written)")
+    human = render(sample_identity("human", np.random.default_rng(_PORTRAIT_SEED)), size=size)
+    save_image(human.image, paths["anytalk_portrait.png"])
+    animal = render(sample_identity("animal", np.random.default_rng(_SOURCE_SEED)), size=size)
+    save_image(animal.image, paths["anytalk_cartoon_fox.png"])
+    rng = np.random.default_rng(_PHOTO_SEED)
+    width, height = 400, 300
+    scene = 0.25 + 0.5 * _procedural(rng, 1, width)[0][:, :height].clamp(0, 1)  # (3, 300, 400), muted
+    person = render(sample_identity("human", rng), size=size)
+    head = 170  # the render's side in the photo: the face is about a third of the picture's height
+    rgb = F.interpolate(torch.as_tensor(person.image).permute(2, 0, 1)[None].float(), size=(head, head),
+                        mode="area")[0]
+    alpha = F.interpolate(torch.as_tensor(person.mask)[None, None].float(), size=(head, head), mode="area")[0]
+    y0, x0 = height - head, 200  # shoulders on the bottom edge
+    region = scene[:, y0:y0 + head, x0:x0 + head]
+    scene[:, y0:y0 + head, x0:x0 + head] = alpha * rgb + (1 - alpha) * region
+    save_image(scene.permute(1, 2, 0), paths["anytalk_photo.png"])
+    frames, _, speech = demo_driving(size, seconds, fps)
+    audio = {"waveform": speech.waveform[None], "sample_rate": speech.sample_rate}
+    with VideoWriter(paths["anytalk_driving.mp4"], fps=fps, audio=audio) as writer:
+        writer.write(frames.permute(0, 2, 3, 1))
+    write_wav(paths["anytalk_speech.wav"], speech.waveform, speech.sample_rate)
+    return list(paths.values())
+
+
 MIN_TILE, MAX_TILE = 16, 4096  # pixel side of an enlarged frame (demo --tile, animate --upscale)
 
 

@@ -4,7 +4,9 @@ Source work (appearance volume, canonical keypoints, source motion) is done once
 Driving frames stream through the motion estimator in chunks; the driven keypoints of a whole clip are
 tiny (N x K x 3), so they are computed first, smoothed if asked, and then rendered chunk by chunk through
 dense motion and the generator. Frames live on the CPU between chunks, so memory is bounded by the chunk
-size, not the clip length. Progress and cancellation callbacks run between chunks.
+size, not the clip length. Progress callbacks run between chunks; the cancel callback is asked before every
+frame (every batch where frames are batched, the GPU default), so Cancel costs at most one frame's compute
+whatever the chunk size.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class NonFiniteOutputError(RuntimeError):
 
 
 class EngineInterrupted(RuntimeError):
-    """Raised between chunks when the cancel callback asks to stop."""
+    """Raised before the next frame (or batch) when the cancel callback asks to stop."""
 
 
 @dataclass
@@ -150,8 +152,9 @@ class Engine:
         total = total if total is not None else (frames.shape[0] if isinstance(frames, torch.Tensor) else 0)
         parts, done = [], 0
         for chunk in rechunk(frames, self.config.chunk_size):
-            self._check_cancel(cancel)
-            parts.append(self.model.estimate_motion(to_model_input(chunk).to(self.device)).to("cpu"))
+            for piece in self._pieces(chunk):
+                self._check_cancel(cancel)
+                parts.append(self.model.estimate_motion(to_model_input(piece).to(self.device)).to("cpu"))
             done += chunk.shape[0]
             if progress:
                 progress(done, max(total, done))
@@ -205,19 +208,21 @@ class Engine:
         total = keypoints.shape[0]
         done = 0
         for kp in rechunk(keypoints, self.config.chunk_size):
-            self._check_cancel(cancel)
-            frames = self.decode_chunk(source, kp)
+            frames = self.decode_chunk(source, kp, cancel=cancel)
             done += kp.shape[0]
             if progress:
                 progress(done, total)
             yield frames
 
-    def decode_chunk(self, source: SourceState, keypoints: torch.Tensor) -> torch.Tensor:
-        """Dense motion + generator for one chunk of driven keypoints (n, K, 3) -> CPU float32 frames."""
+    def decode_chunk(self, source: SourceState, keypoints: torch.Tensor,
+                     cancel: CancelFn | None = None) -> torch.Tensor:
+        """Dense motion + generator for one chunk of driven keypoints (n, K, 3) -> CPU float32 frames.
+
+        ``cancel`` is asked before each frame (each batch when frames are batched)."""
         keypoints = keypoints.to(self.device, source.keypoints.dtype)
-        pieces = [keypoints] if self.batch_frames else keypoints.split(1)
         frames = []
-        for kp in pieces:
+        for kp in self._pieces(keypoints):
+            self._check_cancel(cancel)
             n = kp.shape[0]
             volume = source.volume.expand(n, *source.volume.shape[1:])
             kp_source = source.keypoints.expand(n, *source.keypoints.shape[1:])
@@ -230,6 +235,10 @@ class Engine:
                     "run with precision bf16 or fp32 (README.md, Troubleshooting: black frames in fp16)")
             frames.append(prediction.clamp_(0, 1).to("cpu"))
         return torch.cat(frames)
+
+    def _pieces(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """A chunk as the engine computes it: one batch (GPU default) or frame by frame (CPU default)."""
+        return [batch] if self.batch_frames else list(batch.split(1))
 
     @staticmethod
     def _check_cancel(cancel: CancelFn | None) -> None:

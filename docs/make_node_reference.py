@@ -144,6 +144,9 @@ def _node_section(class_name: str, cls, display: str) -> list[str]:
     lines = [f"## {display}", "", f"- Class: `{class_name}`", f"- Category: `{getattr(cls, 'CATEGORY', '')}`"]
     if getattr(cls, "OUTPUT_NODE", False):
         lines.append("- Output node: yes")
+    aliases = getattr(cls, "SEARCH_ALIASES", ())
+    if aliases:
+        lines.append("- Also found by searching: " + ", ".join(f"*{a}*" for a in aliases))
     lines.append("")
     description = getattr(cls, "DESCRIPTION", "")
     if description:

@@ -32,7 +32,7 @@ _NODES = [
     (AnyTalkLoadSource, "AnyTalk Load Source"),
     (AnyTalkDetectKeypoints, "AnyTalk Detect Canonical Keypoints"),
     (AnyTalkEstimateMotion, "AnyTalk Estimate Motion"),
-    (AnyTalkAudioToMotion, "AnyTalk Audio to Motion"),
+    (AnyTalkAudioToMotion, "AnyTalk Lip Sync (Audio to Motion)"),
     (AnyTalkMotionEdit, "AnyTalk Motion Edit"),
     (AnyTalkMotionMix, "AnyTalk Motion Mix"),
     (AnyTalkMotionSmooth, "AnyTalk Motion Smooth"),
@@ -46,9 +46,12 @@ _NODES = [
     (AnyTalkSaveMotion, "AnyTalk Save Motion"),
     (AnyTalkLoadMotion, "AnyTalk Load Motion"),
     (AnyTalkAssembleVideo, "AnyTalk Assemble Video"),
-    (AnyTalkAnimate, "AnyTalk Animate (all-in-one)"),
+    (AnyTalkAnimate, "AnyTalk Animate Talking Head (all-in-one)"),
 ]
 
+# The front end's node search matches class and display names (fuzzy, near the start of the name), so the two
+# nodes people look for as "talking head" and "lip sync" carry those words early in their display names; newer
+# front ends also match each class's SEARCH_ALIASES.
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls, _ in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {cls.__name__: name for cls, name in _NODES}
 

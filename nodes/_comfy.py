@@ -330,7 +330,10 @@ class Progress:
                 self._bar = None
 
     def update(self, done: int, total: int | None = None) -> None:
+        """Frames done so far; a ``total`` given here replaces the estimate the bar was made with."""
         self.done = int(done)
+        if total is not None:
+            self.total = max(int(total), 1)
         if self._bar is not None:
             self._bar.update_absolute(min(self.done, self.total), self.total)
 

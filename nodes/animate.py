@@ -19,6 +19,8 @@ class AnyTalkAnimate:
                    "frames or motion the audio drives the face (the checkpoint's audio-to-motion part); with them it "
                    "passes through, fitted to the result's length, or drives the expression when "
                    "audio_drives_expression is on.")
+    SEARCH_ALIASES = ("talking head", "lip sync", "lipsync", "face animation", "portrait animation", "animate face",
+                      "face reenactment", "liveportrait", "face vid2vid")
     CATEGORY = CATEGORY
     FUNCTION = "animate"
     RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")

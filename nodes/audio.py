@@ -36,6 +36,7 @@ class AnyTalkAudioToMotion:
                    "with the model's audio-to-motion network. Any sample rate and channel count. Connect rest_motion "
                    "to Transfer Motion's reference_motion so the portrait's own face counts as 'silent'; mix the "
                    "motion with a video's head pose in Motion Mix.")
+    SEARCH_ALIASES = ("lip sync", "lipsync", "talking head", "speech to face", "audio driven face", "audio to face")
     CATEGORY = CATEGORY
     FUNCTION = "convert"
     RETURN_TYPES = ("ANYTALK_MOTION", "ANYTALK_MOTION", "INT")

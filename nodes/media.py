@@ -95,8 +95,9 @@ class AnyTalkLoadVideo:
         chunks, kept, seen = [], 0, 0
         expected = max(int(info.frame_count * fps / info.fps) - skip_first_frames, 1)
         width, height = scaled_size(info.width, info.height, int(max_size))
-        limits.check_image_bytes(min(expected, max_frames or expected), height, width, p.name)  # from the headers
-        progress = _comfy.Progress(max_frames or expected)
+        to_load = min(expected, max_frames or expected)  # from the headers: the bar runs to the clip's real length
+        limits.check_image_bytes(to_load, height, width, p.name)
+        progress = _comfy.Progress(to_load)
         for piece in iter_video_frames(p, fps=float(frame_rate) if frame_rate else None, chunk=32,
                                        max_size=int(max_size)):
             progress.cancel()
@@ -117,6 +118,7 @@ class AnyTalkLoadVideo:
                 break
         if not chunks:
             raise AnyTalkError(f"{p.name}: no frames left after skipping {skip_first_frames} of {seen}")
+        progress.update(kept, kept)  # headers can be a frame or two off: end at 100 %
         images = torch.empty((kept, *chunks[0].shape[1:]), dtype=torch.float32)  # filled chunk by chunk: no
         done = 0                                                                   # second full-size copy
         while chunks:

@@ -87,6 +87,7 @@ def resolve_checkpoint(name: str) -> Path:
 class AnyTalkLoadModel:
     DESCRIPTION = ("Loads an AnyTalk / face-vid2vid checkpoint (models/anytalk) or a LivePortrait human or animal "
                    "weights folder (models/liveportrait). The model is loaded once and reused by every AnyTalk node.")
+    SEARCH_ALIASES = ("talking head", "liveportrait", "face vid2vid", "lip sync model")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("ANYTALK_MODEL",)

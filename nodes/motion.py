@@ -39,6 +39,7 @@ def _driving_chunks(images: torch.Tensor, spec, size: int, chunk: int):
 class AnyTalkEstimateMotion:
     DESCRIPTION = ("Reads head pose and expression from every driving frame (a video's IMAGE batch: Load Video, "
                    "VideoHelperSuite, ...), in chunks. Any face works as a driver: person, CG or cartoon.")
+    SEARCH_ALIASES = ("head pose", "face motion", "facial expression", "face tracking")
     CATEGORY = CATEGORY
     FUNCTION = "estimate"
     RETURN_TYPES = ("ANYTALK_MOTION", "IMAGE")

@@ -216,7 +216,8 @@ def render_frames(model, plan: WarpPlan, progress: _comfy.Progress | None = None
 
 class AnyTalkGenerate:
     DESCRIPTION = ("Renders the animation: for each chunk of frames, dense 3D motion, warping of the source's "
-                   "features and the image generator. Progress shows per chunk; Cancel stops between chunks.")
+                   "features and the image generator. Progress shows per chunk; Cancel stops after the current frame.")
+    SEARCH_ALIASES = ("talking head", "face animation", "render face")
     CATEGORY = CATEGORY
     FUNCTION = "generate"
     RETURN_TYPES = ("IMAGE",)

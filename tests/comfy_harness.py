@@ -577,12 +577,16 @@ def _stack_columns(nodes: list[dict], gap: int = 60, title: int = 30) -> None:
             bottom = node["pos"][1] + node["size"][1]
 
 
+#: Front-end-only node types (drawn on the canvas, never sent to the server).
+UI_ONLY_NODES = ("Note", "MarkdownNote")
+
+
 def ui_to_api(workflow: dict, classes: dict[str, type]) -> tuple[dict, dict[str, list]]:
     """UI-format workflow -> (API prompt, leftover widget values per node, e.g. upload buttons' values)."""
     links = {link[0]: link for link in workflow["links"]}
     api, leftovers = {}, {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in UI_ONLY_NODES:  # muted / bypassed / canvas notes
             continue
         cls = classes[node["type"]]
         linked = {}
@@ -719,10 +723,17 @@ class WorkflowBuilder:
                 entry["title"] = node["title"]
             nodes.append(entry)
         _stack_columns(nodes)
+        last_id = max(self.nodes)
+        if note:  # the front end's Note node: a text box on the canvas, above the first column
+            last_id += 1
+            lines = 2 + len(note) // 90
+            height, top = 24 * lines + 20, min(n["pos"][1] for n in nodes)
+            nodes.append({"id": last_id, "type": "Note", "pos": [40, top - 70 - height], "size": [720, height],
+                          "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
+                          "title": "About this workflow", "properties": {"text": ""}, "widgets_values": [note],
+                          "color": "#432", "bgcolor": "#653"})
         extra = {"ds": {"scale": 0.8, "offset": [0, 0]}}
-        if note:
-            extra["anytalk_note"] = note
-        return {"last_node_id": max(self.nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+        return {"last_node_id": last_id, "last_link_id": link_id, "nodes": nodes, "links": links,
                 "groups": [], "config": {}, "extra": extra, "version": 0.4}
 
     def _order(self) -> dict[int, int]:
@@ -782,6 +793,10 @@ WORKFLOW_NAMES = ("anytalk_video_driven", "anytalk_cross_domain", "anytalk_pose_
                   "anytalk_generate_then_animate", "anytalk_paste_back", "anytalk_audio_driven")
 
 
+INPUTS_NOTE = ("Example inputs: copy the files of this pack's workflows/inputs/ folder into ComfyUI's input/ folder "
+               "(ComfyUI lists only files there), then replace them with your own pictures, video and sound.")
+
+
 def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[str, tuple[dict, dict]]:
     """name -> (UI workflow, API prompt)."""
     out = {}
@@ -806,7 +821,7 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
     b.add("AnyTalkAssembleVideo", 6, 300, images=frames[0], fps=video[2], audio=video[1],
           filename_prefix="AnyTalk/video_driven")
     out["anytalk_video_driven"] = (b.ui("Video-driven: a portrait follows the head pose and expression of a driving "
-                                        "video. Replace the image and the video with your own."), b.api())
+                                        "video. " + INPUTS_NOTE), b.api())
 
     # 2. cross-domain: human driving video -> cartoon animal portrait
     b = WorkflowBuilder(classes, display)
@@ -825,7 +840,7 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
     b.add("AnyTalkAssembleVideo", 6, 300, images=frames[0], fps=video[2], audio=video[1],
           filename_prefix="AnyTalk/cross_domain")
     out["anytalk_cross_domain"] = (b.ui("Cross-domain: a human driving video animates a cartoon animal (relative "
-                                        "transfer, movement adapted to the face's size)."), b.api())
+                                        "transfer, movement adapted to the face's size). " + INPUTS_NOTE), b.api())
 
     # 3. pose / expression editing: keep the portrait's pose, take the driver's expression, then turn the head
     b = WorkflowBuilder(classes, display)
@@ -846,7 +861,8 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
           filename_prefix="AnyTalk/pose_expression_edit")
     out["anytalk_pose_expression_edit"] = (b.ui("Pose and expression editing: the portrait keeps its own head pose "
                                                 "turned by 20 degrees, with the driver's expression exaggerated "
-                                                "1.4x; the edited performance is also saved for reuse."), b.api())
+                                                "1.4x; the edited performance is also saved for reuse. "
+                                                + INPUTS_NOTE), b.api())
 
     # 4. generate a character with an image model, then animate it (all-in-one node)
     b = WorkflowBuilder(classes, display)
@@ -868,7 +884,8 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
     b.add("AnyTalkAssembleVideo", 5, 300, images=anim[0], fps=anim[2], audio=anim[1],
           filename_prefix="AnyTalk/generated_character")
     out["anytalk_generate_then_animate"] = (b.ui("Generate a character with an image model, then animate it with a "
-                                                 "driving video (all-in-one AnyTalk Animate node)."), b.api())
+                                                 "driving video (all-in-one AnyTalk Animate node). Needs an SD 1.5 "
+                                                 "checkpoint in models/checkpoints/. " + INPUTS_NOTE), b.api())
 
     # 5. crop + paste-back into the full photo
     b = WorkflowBuilder(classes, display)
@@ -885,26 +902,34 @@ def build_workflows(classes: dict[str, type], display: dict[str, str]) -> dict[s
     b.add("AnyTalkAssembleVideo", 7, 300, images=pasted[0], fps=video[2], audio=video[1],
           filename_prefix="AnyTalk/paste_back")
     out["anytalk_paste_back"] = (b.ui("Crop and paste back: the head of a full photo is animated and put back "
-                                      "into the photo with a feathered edge."), b.api())
+                                      "into the photo with a feathered edge. " + INPUTS_NOTE), b.api())
 
-    # 6. audio-driven: speech moves the mouth through the checkpoint's audio-to-motion part
+    # 6. audio-driven: speech moves the mouth through the checkpoint's audio-to-motion part, a video gives the
+    #    head pose (Motion Mix); the reference frame mixes the video's first pose with the silent face
     b = WorkflowBuilder(classes, display)
-    model = b.add("AnyTalkLoadModel", 0, 0, checkpoint=DEMO_CHECKPOINT)
+    model, video = model_and_video(b)
     image = b.add("LoadImage", 0, 260, image=PORTRAIT)
-    speech = b.add("AnyTalkLoadAudio", 0, 620, audio=SPEECH)
+    speech = b.add("AnyTalkLoadAudio", 0, 900, audio=SPEECH)
     source = b.add("AnyTalkLoadSource", 1, 0, image=image[0], crop="auto")
     kp = b.add("AnyTalkDetectKeypoints", 2, 0, model=model[0], source=source[0])
-    motion = b.add("AnyTalkAudioToMotion", 1, 520, model=model[0], audio=speech[0], fps=25.0)
-    smooth = b.add("AnyTalkMotionSmooth", 2, 520, motion=motion[0], strength=0.2)
-    driven = b.add("AnyTalkTransferMotion", 3, 300, keypoints=kp[0], motion=smooth[0], mode="relative",
-                   reference_motion=motion[1])
-    warp = b.add("AnyTalkWarp3D", 4, 300, model=model[0], source=source[0], keypoints=driven[0])
-    frames = b.add("AnyTalkGenerate", 5, 300, model=model[0], source=source[0], warp=warp[0])
-    b.add("AnyTalkAssembleVideo", 6, 300, images=frames[0], fps=25.0, audio=speech[0],
+    head = b.add("AnyTalkEstimateMotion", 1, 520, model=model[0], images=video[0], fps=video[2])
+    talk = b.add("AnyTalkAudioToMotion", 1, 900, model=model[0], audio=speech[0], fps=video[2],
+                 frame_count=video[3])
+    mixed = b.add("AnyTalkMotionMix", 2, 520, motion_a=head[0], motion_b=talk[0],
+                  mode="pose from A, expression from B")
+    reference = b.add("AnyTalkMotionMix", 2, 900, title="Reference: first pose, silent face", motion_a=head[0],
+                      motion_b=talk[1], mode="pose from A, expression from B")
+    smooth = b.add("AnyTalkMotionSmooth", 3, 520, motion=mixed[0], strength=0.2)
+    driven = b.add("AnyTalkTransferMotion", 4, 300, keypoints=kp[0], motion=smooth[0], mode="relative",
+                   reference_motion=reference[0])
+    warp = b.add("AnyTalkWarp3D", 5, 300, model=model[0], source=source[0], keypoints=driven[0])
+    frames = b.add("AnyTalkGenerate", 6, 300, model=model[0], source=source[0], warp=warp[0])
+    b.add("AnyTalkAssembleVideo", 7, 300, images=frames[0], fps=video[2], audio=speech[0],
           filename_prefix="AnyTalk/audio_driven")
     out["anytalk_audio_driven"] = (b.ui("Audio-driven: speech moves the portrait's mouth and face (the checkpoint's "
-                                        "audio-to-motion part; the bundled demo has one), relative to its silent "
-                                        "face. Replace the image and the audio with your own."), b.api())
+                                        "audio-to-motion part; the bundled demo has one) while Motion Mix takes the "
+                                        "head pose from a driving video; the reference frame is the video's first "
+                                        "pose with the silent face. " + INPUTS_NOTE), b.api())
     return out
 
 

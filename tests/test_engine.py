@@ -79,6 +79,34 @@ def test_progress_counts_output_frames_and_cancel_stops(model, clip):
         list(engine.render(engine.prepare_source(source), torch.zeros(9, 15, 3), cancel=lambda: next(calls)))
 
 
+@pytest.mark.parametrize("chunk", [1, 8, 32])
+@pytest.mark.parametrize("stage", ["render", "estimate_motion"])
+def test_cancel_costs_at_most_one_more_frame_whatever_the_chunk_size(model, clip, monkeypatch, stage, chunk):
+    """Cancel flips after 3 frames: the engine computes at most one more frame, not the rest of its chunk."""
+    source, driving = clip
+    engine = Engine(model, EngineConfig(device="cpu", chunk_size=chunk))
+    state = engine.prepare_source(source)
+    computed = []
+    name = "decode" if stage == "render" else "estimate_motion"
+    original = getattr(model, name)
+
+    def counting(*args):
+        first = args[1] if name == "decode" else args[0]
+        computed.append(int(first.shape[0]))
+        return original(*args)
+
+    monkeypatch.setattr(model, name, counting)
+    if stage == "render":
+        engine._decode = model.decode
+    stop_after = 3
+    with pytest.raises(EngineInterrupted, match="interrupted by the user"):
+        if stage == "render":
+            list(engine.render(state, torch.zeros(20, 15, 3), cancel=lambda: sum(computed) >= stop_after))
+        else:
+            engine.estimate_motion(torch.cat([driving, driving]), cancel=lambda: sum(computed) >= stop_after)
+    assert stop_after <= sum(computed) <= stop_after + 1, computed
+
+
 def test_streamed_driving_chunks_of_any_size_equal_one_tensor(model, clip):
     source, driving = clip
     engine = Engine(model, EngineConfig(device="cpu", chunk_size=4))

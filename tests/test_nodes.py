@@ -735,3 +735,37 @@ def test_video_output_only_where_comfyui_has_the_type(env, tmp_path):
                              save_output=True)
         path, video = out["result"]
         assert video.path == path and Path(path).is_file()
+
+
+@pytest.mark.parametrize("max_frames,skip", [(0, 0), (100, 0), (5, 0), (0, 3)])
+def test_load_video_progress_runs_to_the_frames_it_loads(env, max_frames, skip):
+    """The bar's total is the clip's real length (from the probe), not max_frames; it ends at 100 %."""
+    clip = env.base / "input" / "progress.mp4"
+    if not clip.exists():
+        write_driving_video(pack, clip, 40)
+    with FakeComfy(env.base) as fake:
+        *_, count = call("AnyTalkLoadVideo", frame_rate=0.0, max_frames=max_frames, skip_first_frames=skip,
+                         max_size=0, path="", video="progress.mp4")
+    assert count == (min(max_frames, 40) if max_frames else 40 - skip)
+    assert fake.progress, "no progress reported"
+    totals = {t for _, _, t in fake.progress}
+    assert totals == {count}, fake.progress
+    assert fake.progress[-1][1:] == (count, count)
+
+
+@pytest.mark.parametrize("words", ["talking head", "lip sync"])
+def test_node_search_finds_what_people_type(words):
+    """The front end's search (Fuse over class and display names, threshold 0.3, penalising matches by their
+    distance from the start / 100) finds a word only near the start of a name; newer front ends also read
+    SEARCH_ALIASES."""
+    found = []
+    for key, display in pack.NODE_DISPLAY_NAME_MAPPINGS.items():
+        name = display.casefold()
+        if all(0 <= name.find(word) and name.find(word) + len(word) <= 30 for word in words.split()):
+            found.append(key)
+    assert found, words
+    for key in found:
+        assert words in N[key].SEARCH_ALIASES
+    for cls in N.values():
+        aliases = getattr(cls, "SEARCH_ALIASES", ())
+        assert isinstance(aliases, tuple) and all(isinstance(a, str) and a == a.casefold() for a in aliases)

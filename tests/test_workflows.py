@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from comfy_harness import (
+    INPUTS_NOTE,
     REPO_ROOT,
+    UI_ONLY_NODES,
     WORKFLOW_NAMES,
     PromptError,
     is_widget,
@@ -75,13 +77,14 @@ def test_ui_file_is_a_consistent_front_end_workflow(name, env):
                                      "extra"} <= set(ui)
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == max(link[0] for link in ui["links"])
+    nodes = {k: n for k, n in nodes.items() if n["type"] not in UI_ONLY_NODES}
     for link_id, src, src_slot, dst, dst_slot, type_ in ui["links"]:
         out = nodes[src]["outputs"][src_slot]
         inp = nodes[dst]["inputs"][dst_slot]
         assert link_id in out["links"] and inp["link"] == link_id
         assert out["type"] == type_ and env.classes[nodes[src]["type"]].RETURN_TYPES[src_slot] == type_
         assert inp["type"] == type_
-    for node in ui["nodes"]:
+    for node in nodes.values():
         cls = env.classes[node["type"]]
         assert {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
                 "widgets_values"} <= set(node)
@@ -97,6 +100,52 @@ def test_ui_file_is_a_consistent_front_end_workflow(name, env):
             assert out_types == ["STRING", "VIDEO"] and list(cls.RETURN_TYPES) == out_types[:len(cls.RETURN_TYPES)]
         else:
             assert out_types == list(cls.RETURN_TYPES)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_each_workflow_describes_itself_in_a_note_on_the_canvas(name):
+    """The front end shows a Note node (a text widget); it never shows ``extra``. Notes are UI-only: no API twin."""
+    ui = load(WORKFLOWS / f"{name}.json")
+    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1 and "anytalk_note" not in ui["extra"]
+    (note,) = notes
+    assert note["inputs"] == [] and note["outputs"] == [] and note["mode"] == 0
+    assert len(note["widgets_values"]) == 1 and note["widgets_values"][0].endswith(INPUTS_NOTE)
+    assert len(note["widgets_values"][0]) > len(INPUTS_NOTE) + 40  # says what the workflow does first
+    others = [n for n in ui["nodes"] if n is not note]
+    top = min(n["pos"][1] for n in others)
+    assert note["pos"][1] + note["size"][1] <= top  # above the graph, covering no node
+    api = load(WORKFLOWS / "api" / f"{name}.json")
+    assert str(note["id"]) not in api and all(n["class_type"] not in UI_ONLY_NODES for n in api.values())
+
+
+FILE_WIDGETS = {"LoadImage": "image", "AnyTalkLoadVideo": "video", "AnyTalkLoadAudio": "audio"}
+
+
+def test_every_input_file_a_workflow_names_ships_in_workflows_inputs():
+    """ComfyUI lists only files in its input/ folder: the README says to copy workflows/inputs/ there."""
+    shipped = {p.name for p in (WORKFLOWS / "inputs").iterdir() if p.is_file()}
+    named = set()
+    for name in WORKFLOW_NAMES:
+        for node in load(WORKFLOWS / "api" / f"{name}.json").values():
+            widget = FILE_WIDGETS.get(node["class_type"])
+            if widget and not isinstance(node["inputs"].get(widget), list):
+                named.add(node["inputs"][widget])
+                assert node["inputs"].get("path", "") == ""  # no typed path that would bypass the file list
+    assert named and named <= shipped, named - shipped
+    demo = pack_submodule(pack, "anytalk_core.demo")
+    assert shipped == set(demo.WORKFLOW_INPUTS)
+    for file in shipped:
+        assert 1_000 < (WORKFLOWS / "inputs" / file).stat().st_size < 400_000, file  # small
+    info = media.probe_video(WORKFLOWS / "inputs" / "anytalk_driving.mp4")
+    assert info.frame_count == 100 and info.has_audio
+    waveform, rate = media.read_audio(WORKFLOWS / "inputs" / "anytalk_speech.wav")
+    assert rate == 16000 and abs(waveform.shape[1] / rate - info.frame_count / info.fps) < 0.05
+    from PIL import Image
+
+    for file in ("anytalk_portrait.png", "anytalk_cartoon_fox.png", "anytalk_photo.png"):
+        with Image.open(WORKFLOWS / "inputs" / file) as im:
+            assert im.mode == "RGB" and min(im.size) >= 256
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -157,18 +206,26 @@ def test_pose_edit_workflow_saves_a_reusable_motion(runs, env):
     assert len(motion) == FRAMES and motion.fps == 25.0
 
 
-def test_audio_workflow_moves_the_face_with_the_sound_only(runs, env):
+def test_audio_workflow_takes_the_pose_from_the_video_and_the_face_from_the_sound(runs, env):
+    """Motion Mix: head pose from the driving video, expression from speech; silence = the network's rest face."""
     prompt = env.api("anytalk_audio_driven")
     result, _ = runs["anytalk_audio_driven"]
-    motion = result.outputs[_node(prompt, "AnyTalkAudioToMotion")][0]
+    video_motion = result.outputs[_node(prompt, "AnyTalkEstimateMotion")][0]
+    speech_motion, rest = result.outputs[_node(prompt, "AnyTalkAudioToMotion")][:2]
+    mix = next(k for k, n in prompt.items() if n["class_type"] == "AnyTalkMotionMix"
+               and n["inputs"]["motion_b"] == [_node(prompt, "AnyTalkAudioToMotion"), 0])
+    mixed = result.outputs[mix][0]
+    assert len(mixed) == len(speech_motion) == FRAMES and mixed.fps == 25.0
+    for field in ("yaw", "pitch", "roll", "translation"):
+        assert torch.equal(getattr(mixed, field), getattr(video_motion, field)), field
+    assert torch.equal(mixed.expression, speech_motion.expression)
     talking = result.outputs[_node(prompt, "AnyTalkGenerate")][0]
-    assert len(motion) == FRAMES and motion.fps == 25.0
     assert (talking - talking[:1]).abs().max() > 1e-3
     media.write_wav(env.base / "input" / "anytalk_silence.wav", torch.zeros(1, FRAMES * 640), 16000, overwrite=True)
     prompt[_node(prompt, "AnyTalkLoadAudio")]["inputs"]["audio"] = "anytalk_silence.wav"
     silent = env.fresh_executor().execute(prompt)
-    still = silent.outputs[_node(prompt, "AnyTalkGenerate")][0]
-    assert (still - still[:1]).abs().max() < 1e-4  # silence = the network's rest face: the portrait stays still
+    quiet = silent.outputs[_node(prompt, "AnyTalkAudioToMotion")][0]
+    assert (quiet.expression - rest.expression).abs().max() < 1e-4  # silence: the face stays at rest
 
 
 def test_running_a_workflow_again_never_overwrites(env):
@@ -238,6 +295,20 @@ def test_harness_rejects_invalid_graphs_like_comfyui(env, edit, message):
     edit(prompt)
     with pytest.raises(PromptError, match=message):
         env.fresh_executor().validate(prompt)
+
+
+@pytest.mark.parametrize("edit,widget", [
+    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(video="missing.mp4"), "video"),
+    (lambda p: p[_node(p, "AnyTalkLoadVideo")]["inputs"].update(path="missing.mp4"), "path"),
+])
+def test_a_missing_video_is_reported_once(env, edit, widget):
+    """One problem, one message, against the widget that holds it (not also against the empty other one)."""
+    prompt = env.api("anytalk_video_driven")
+    edit(prompt)
+    with pytest.raises(PromptError) as caught:
+        env.fresh_executor().validate(prompt)
+    assert len(caught.value.errors) == 1, caught.value.errors
+    assert f"input {widget!r}" in caught.value.errors[0]
 
 
 # --------------------------------------------------------------------------------------------------
