@@ -30,3 +30,17 @@ def conformance_root() -> pathlib.Path:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def regressor(tmp_path_factory) -> str:
+    """A small synthetic expression regressor (phi of the trainer tests), trained once per session."""
+    from anytalk_training.config import DEFAULTS
+    from anytalk_training.expression import save_regressor, train_expression_regressor
+
+    e = dict(DEFAULTS["expression"], regressor_train_images=48, regressor_val_images=12, regressor_steps=3,
+             regressor_width=4, regressor_batch=8)
+    net, report = train_expression_regressor(e, 0, torch.device("cpu"), log=lambda m: None)
+    path = tmp_path_factory.mktemp("phi") / "phi.safetensors"
+    save_regressor(net, path, report)
+    return str(path)

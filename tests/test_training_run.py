@@ -48,20 +48,6 @@ def write_config(path: pathlib.Path, cfg: dict) -> pathlib.Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def regressor(tmp_path_factory) -> str:
-    """A small synthetic expression regressor trained once for this module (phi of the test runs)."""
-    from anytalk_training.config import DEFAULTS
-    from anytalk_training.expression import save_regressor, train_expression_regressor
-
-    e = dict(DEFAULTS["expression"], regressor_train_images=48, regressor_val_images=12, regressor_steps=3,
-             regressor_width=4, regressor_batch=8)
-    net, report = train_expression_regressor(e, 0, torch.device("cpu"), log=lambda m: None)
-    path = tmp_path_factory.mktemp("phi") / "phi.safetensors"
-    save_regressor(net, path, report)
-    return str(path)
-
-
 def base_config(out: pathlib.Path, regressor: str, **train) -> dict:
     return {
         "name": "t", "output_dir": str(out), "seed": 0, "threads": 1,

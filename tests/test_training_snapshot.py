@@ -22,20 +22,6 @@ DEMO128 = ROOT / "training" / "configs" / "demo128.toml"
 SNAPSHOT = ROOT / "assets" / "demo" / "training_state" / "demo128.safetensors"
 
 
-@pytest.fixture(scope="module")
-def regressor(tmp_path_factory) -> str:
-    """A small synthetic expression regressor (phi of the test runs), as tests/test_training_run.py's."""
-    from anytalk_training.config import DEFAULTS
-    from anytalk_training.expression import save_regressor, train_expression_regressor
-
-    e = dict(DEFAULTS["expression"], regressor_train_images=48, regressor_val_images=12, regressor_steps=3,
-             regressor_width=4, regressor_batch=8)
-    net, report = train_expression_regressor(e, 0, torch.device("cpu"), log=lambda m: None)
-    path = tmp_path_factory.mktemp("phi") / "phi.safetensors"
-    save_regressor(net, path, report)
-    return str(path)
-
-
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
     threads = torch.get_num_threads()
