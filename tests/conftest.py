@@ -44,3 +44,12 @@ def regressor(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("phi") / "phi.safetensors"
     save_regressor(net, path, report)
     return str(path)
+
+
+@pytest.fixture
+def restore_torch_globals():
+    """Put back torch's thread count and deterministic-algorithms switch, which a trainer sets process-wide."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)

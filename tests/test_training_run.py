@@ -63,12 +63,8 @@ def base_config(out: pathlib.Path, regressor: str, **train) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+# the trainer sets the thread count and deterministic algorithms process-wide: undo it after each test
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def train_in_process(path: pathlib.Path, *overrides: str, resume=False) -> dict:

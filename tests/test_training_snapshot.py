@@ -22,12 +22,8 @@ DEMO128 = ROOT / "training" / "configs" / "demo128.toml"
 SNAPSHOT = ROOT / "assets" / "demo" / "training_state" / "demo128.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+# the trainer sets the thread count and deterministic algorithms process-wide: undo it after each test
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def quiet(config: dict, resume=False) -> Trainer:
