@@ -22,12 +22,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 __all__ = ["FileFormatError", "MAX_HEADER_BYTES", "SAFETENSORS_DTYPES", "TensorEntry", "read_header",
-           "read_safetensors"]
+           "read_safetensors", "read_tagged", "read_tagged_meta", "write_tagged", "meta_json"]
 
 #: Largest JSON header accepted (16 MiB: thousands of tensors and their metadata fit in well under 1 MiB).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -231,3 +232,80 @@ def _name(value: object, width: int = 60) -> str:
 def _short(value: object, width: int = 80) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= width else text[:width] + "..."
+
+
+# ------------------------------------------------------------------------------------------------
+# Format-tagged files: every file our code writes carries ``__metadata__["format"]``
+# ------------------------------------------------------------------------------------------------
+
+def write_tagged(path: str | os.PathLike, tensors: dict[str, torch.Tensor], format: str,
+                 meta: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Write ``tensors`` (moved to the CPU, made contiguous) with metadata ``{"format": format, **meta}``.
+
+    Atomic (a temporary file beside ``path``, renamed at the end) and never over an existing file unless
+    ``overwrite``; the file gets the user's umask permissions. Returns the written path.
+    """
+    from safetensors.torch import save_file
+
+    from .io_utils import atomic_output
+
+    extra = dict(meta or {})
+    bad = [k for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad or "format" in extra:
+        raise TypeError(f"tagged-file metadata must map str to str and not repeat 'format' (bad keys: {bad[:3]})")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        save_file(state, os.fspath(tmp), metadata={"format": format, **extra})
+    return Path(path)
+
+
+def _tagged_error(error: type[Exception], path: str, message: str, hint: str) -> Exception:
+    return error(f"{path}: {message}" + (f"; {hint}" if hint else ""))
+
+
+def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], what: str,
+                     error: type[Exception] = FileFormatError, hint: str = "") -> dict[str, str]:
+    """The metadata of a file tagged ``format`` (one name or several accepted), reading the header only.
+
+    A missing file, a malformed header or another format raise ``error`` with one line naming the file,
+    the fault and ``hint`` (how to get a good file).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        found = "is a folder" if os.path.isdir(path) else "not found"
+        raise _tagged_error(error, path, f"{what} {found}", hint)
+    try:
+        meta = read_header(path, what)[1]
+    except FileFormatError as exc:
+        raise _tagged_error(error, path, exc.reason, hint) from None
+    formats = (format,) if isinstance(format, str) else tuple(format)
+    if meta.get("format") not in formats:
+        raise _tagged_error(error, path, f"not an AnyTalk {what} (metadata format={meta.get('format')!r}, "
+                                         f"expected {' or '.join(map(repr, formats))})", hint)
+    return meta
+
+
+def read_tagged(path: str | os.PathLike, format: str | tuple[str, ...], what: str,
+                error: type[Exception] = FileFormatError, hint: str = ""
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a file tagged ``format``: the tag is checked on the header before any tensor is
+    read; every fault raises ``error`` (see :func:`read_tagged_meta`)."""
+    meta = read_tagged_meta(path, format, what, error, hint)
+    try:
+        tensors, _ = read_safetensors(path, what)
+    except FileFormatError as exc:
+        raise _tagged_error(error, os.fspath(path), exc.reason, hint) from None
+    return tensors, meta
+
+
+def meta_json(meta: dict[str, str], key: str, path: str | os.PathLike, what: str,
+              error: type[Exception] = FileFormatError, default: object = ..., hint: str = "") -> object:
+    """``json.loads(meta[key])`` with one-line errors (a missing key without ``default``, invalid JSON)."""
+    if key not in meta:
+        if default is ...:
+            raise _tagged_error(error, os.fspath(path), f"{what} lacks the metadata field {key!r}", hint)
+        return default
+    try:
+        return json.loads(meta[key])
+    except (ValueError, RecursionError):
+        raise _tagged_error(error, os.fspath(path), f"{what}: metadata field {key!r} is not valid JSON", hint) from None
