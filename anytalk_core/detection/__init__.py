@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from .faces import FACES_EXTRA, MissingExtraError, detect_human_faces, faces_available
-from .framing import ANYTALK_FRAMING, FRAMINGS, Framing, face_frame, framing_crop, framing_square
+from .framing import ANYTALK_FRAMING, FRAMINGS, Framing, face_frame, framing_square
 
 __all__ = [
     "DETECTORS", "DetectionReport", "detect_face", "MissingExtraError", "FACES_EXTRA", "faces_available",
-    "Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square", "framing_crop",
+    "Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square",
 ]
 
 # What a caller may ask for; "auto" tries faces (when installed), then heads.
