@@ -110,14 +110,3 @@ class RetargetingNetwork(StitchingRetargetingMLP):
         kp_source = kp_source.expand(b, k, 3)
         ratios = ratios.reshape(ratios.shape[0], -1).expand(b, -1)
         return self.run(torch.cat([kp_source.reshape(b, -1), ratios], dim=1)).reshape(b, k, 3)
-
-
-class Unavailable(nn.Module):
-    """Stands in for an optional network the checkpoint did not include; calling it explains what is missing."""
-
-    def __init__(self, what: str, fix: str):
-        super().__init__()
-        self.what, self.fix = what, fix
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise RuntimeError(f"this model has no {self.what} weights; {self.fix}")
