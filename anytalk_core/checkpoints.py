@@ -16,11 +16,11 @@ import os
 
 import torch
 
-from .io_utils import atomic_output
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
 from .models.registry import READERS, build_model, get_family
 from .models.shape_inference import ShapeError
+from .safetensors_io import write_tagged
 from .weights import FORMAT_NAME, CheckpointError, LoadedWeights, StateDict, read_file, short_error
 
 
@@ -39,13 +39,16 @@ def read_ours(path: str, family: str) -> LoadedWeights | None:
         version = int(meta.get("format_version", "0"))
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable config metadata ({short_error(exc)})") from None
+        raise CheckpointError(
+            f"{path}: AnyTalk checkpoint with unreadable config metadata ({short_error(exc)})") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
+        raise CheckpointError(
+            f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
     try:
         provenance = json.loads(meta.get("provenance", "{}") or "{}")
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable provenance metadata ({short_error(exc)})") from None
+        raise CheckpointError(
+            f"{path}: AnyTalk checkpoint with unreadable provenance metadata ({short_error(exc)})") from None
     if not isinstance(provenance, dict):
         raise CheckpointError(f"{path}: AnyTalk checkpoint whose provenance metadata is not a JSON object")
     return LoadedWeights(path, config.family, state, config, provenance)
@@ -177,22 +180,17 @@ def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator
 def save_checkpoint(model: TalkingHeadModel, path: str | os.PathLike, provenance: dict | None = None,
                     overwrite: bool = False, include_discriminator: bool = True) -> str:
     """Write our single-file format atomically; refuses to replace an existing file unless asked."""
-    from safetensors.torch import save_file
-
     path = os.fspath(path)
     if not path.endswith(".safetensors"):
         raise CheckpointError(f"{path}: AnyTalk checkpoints are written as .safetensors files")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-             if include_discriminator or not k.startswith("discriminator.")}
+    state = {k: v for k, v in model.state_dict().items() if include_discriminator or not k.startswith("discriminator.")}
     meta = {
-        "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "family": model.config.family,
         "config": model.config.to_json(),
         "provenance": json.dumps(provenance or getattr(model, "provenance", {}) or {}, sort_keys=True),
     }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(state, tmp, metadata=meta)
+    write_tagged(path, state, FORMAT_NAME, meta, overwrite=overwrite)
     return path
 
 

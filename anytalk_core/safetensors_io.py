@@ -268,7 +268,8 @@ def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], wha
     """The metadata of a file tagged ``format`` (one name or several accepted), reading the header only.
 
     A missing file, a malformed header or another format raise ``error`` with one line naming the file,
-    the fault and ``hint`` (how to get a good file).
+    the fault and ``hint`` (how to get a good file): ``<path>: <what> not found``, ``<path>: not a readable
+    safetensors file (<fault>)`` or ``<path>: not a <what> (metadata format=..., expected ...)``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -277,10 +278,11 @@ def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], wha
     try:
         meta = read_header(path, what)[1]
     except FileFormatError as exc:
-        raise _tagged_error(error, path, exc.reason, hint) from None
+        raise _tagged_error(error, path, f"not a readable safetensors file ({exc.reason})", hint) from None
     formats = (format,) if isinstance(format, str) else tuple(format)
     if meta.get("format") not in formats:
-        raise _tagged_error(error, path, f"not an AnyTalk {what} (metadata format={meta.get('format')!r}, "
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise _tagged_error(error, path, f"not {article} {what} (metadata format={meta.get('format')!r}, "
                                          f"expected {' or '.join(map(repr, formats))})", hint)
     return meta
 
@@ -294,7 +296,7 @@ def read_tagged(path: str | os.PathLike, format: str | tuple[str, ...], what: st
     try:
         tensors, _ = read_safetensors(path, what)
     except FileFormatError as exc:
-        raise _tagged_error(error, os.fspath(path), exc.reason, hint) from None
+        raise _tagged_error(error, os.fspath(path), f"not a readable safetensors file ({exc.reason})", hint) from None
     return tensors, meta
 
 

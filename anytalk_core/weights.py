@@ -69,7 +69,8 @@ def read_pickle(path: str) -> object:
                 "accepted); convert it where you trust it, or use a .safetensors file") from None
         raise CheckpointError(f"{path}: not a torch checkpoint ({short_error(exc)})") from None
     except Exception as exc:  # the unpickler raises many types on garbage (IndexError, KeyError, ...)
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt: {short_error(exc)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt: {short_error(exc)})") from None
 
 
 def short_error(exc: BaseException) -> str:

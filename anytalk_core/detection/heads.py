@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..safetensors_io import meta_json, read_tagged
+
 __all__ = [
     "HEAD_DETECTOR_PATH", "HEAD_DETECTOR_FORMAT", "WINDOW", "NOMINAL_FACE", "STRIDE", "MIN_FACE",
     "HeadNet", "HeadDetection", "load_head_detector", "detect_heads", "HeadDetectorError",
@@ -96,26 +98,16 @@ class HeadDetection:
 
 def load_head_detector(path: str | os.PathLike | None = None) -> HeadNet:
     """The shipped (or a given) head detector, in eval mode on the CPU."""
-    from ..checkpoints import CheckpointError, read_safetensors
-    import json
-
     p = Path(path) if path is not None else HEAD_DETECTOR_PATH
-    how = f"remake it with: python -m anytalk_core.detection.train_heads --out {p}"
-    if not p.is_file():
-        raise HeadDetectorError(f"{p}: head detector weights not found; {how}")
-    try:
-        state, meta = read_safetensors(os.fspath(p))
-    except CheckpointError as exc:
-        raise HeadDetectorError(f"{exc}; {how}") from None
-    if meta.get("format") != HEAD_DETECTOR_FORMAT:
-        raise HeadDetectorError(f"{p}: not a head detector file (format={meta.get('format')!r}); {how}")
-    cfg = json.loads(meta.get("config", "{}"))
+    what, how = "head detector file", f"remake it with: python -m anytalk_core.detection.train_heads --out {p}"
+    state, meta = read_tagged(p, HEAD_DETECTOR_FORMAT, what, error=HeadDetectorError, hint=how)
+    cfg = meta_json(meta, "config", p, what, HeadDetectorError, default={}, hint=how)
     net = HeadNet(int(cfg.get("width", 16)))
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
         raise HeadDetectorError(f"{p}: weights do not fit the network ({str(exc)[:200]}); {how}") from None
-    net.report = json.loads(meta.get("report", "{}"))
+    net.report = meta_json(meta, "report", p, what, HeadDetectorError, default={}, hint=how)
     return net.eval()
 
 
