@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io_utils import atomic_output
+
 __all__ = ["FileFormatError", "MAX_HEADER_BYTES", "SAFETENSORS_DTYPES", "TensorEntry", "read_header",
            "read_safetensors", "read_tagged", "read_tagged_meta", "write_tagged", "meta_json"]
 
@@ -246,8 +248,6 @@ def write_tagged(path: str | os.PathLike, tensors: dict[str, torch.Tensor], form
     ``overwrite``; the file gets the user's umask permissions. Returns the written path.
     """
     from safetensors.torch import save_file
-
-    from .io_utils import atomic_output
 
     extra = dict(meta or {})
     bad = [k for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str))]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .. import synthetic as syn
 from ..safetensors_io import write_tagged
 from .framing import face_frame
-from .heads import HEAD_DETECTOR_FORMAT, NOMINAL_FACE, NUM_POINTS, WINDOW, HeadNet
+from .heads import HEAD_DETECTOR_FORMAT, NOMINAL_FACE, NUM_POINTS, WINDOW, HeadNet, load_head_detector
 
 TAG = 0xA7D3
 SPLITS = {"train": 0, "val": 1, "check": 2}
@@ -341,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init = None
     if args.init:
-        from .heads import load_head_detector
-
         init = load_head_detector(args.init)
     net, report = train(args.seed, args.minutes, args.batch, args.pool, lr=args.lr,
                         log=lambda s: print(s, flush=True), init=init)
