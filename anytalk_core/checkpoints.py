@@ -20,8 +20,8 @@ from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
 from .models.registry import READERS, build_model, get_family
 from .models.shape_inference import ShapeError
-from .safetensors_io import write_tagged
-from .weights import FORMAT_NAME, CheckpointError, LoadedWeights, StateDict, read_file, short_error
+from .safetensors_io import read_tagged, write_tagged
+from .weights import FORMAT_NAME, CheckpointError, LoadedWeights, StateDict, read_safetensors_meta, short_error
 
 
 # ------------------------------------------------------------------------------------------------
@@ -32,9 +32,9 @@ def read_ours(path: str, family: str) -> LoadedWeights | None:
     """Our single-file format (``format`` = ``anytalk`` metadata); None for any other file."""
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         return None
-    state, meta = read_file(path)
-    if meta.get("format") != FORMAT_NAME:
+    if read_safetensors_meta(path).get("format") != FORMAT_NAME:  # another layout: left to the family readers
         return None
+    state, meta = read_tagged(path, FORMAT_NAME, "AnyTalk checkpoint", error=CheckpointError)
     try:
         version = int(meta.get("format_version", "0"))
         config = ModelConfig.from_json(meta["config"])

@@ -79,8 +79,8 @@ def short_error(exc: BaseException) -> str:
     return text[:160] + ("..." if len(text) > 160 else "")
 
 
-def read_file(path: str) -> tuple[dict, dict[str, str]]:
-    """Read a weights file of either kind into (mapping, metadata)."""
+def _file_head(path: str) -> bytes:
+    """The first 16 bytes of an existing, non-empty file; CheckpointError otherwise."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     if os.path.isdir(path):
@@ -89,6 +89,22 @@ def read_file(path: str) -> tuple[dict, dict[str, str]]:
         head = f.read(16)
     if not head:
         raise CheckpointError(f"{path}: empty file")
+    return head
+
+
+def read_safetensors_meta(path: str) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` weights file, from its validated header alone (no tensor is read)."""
+    if not _looks_like_safetensors(_file_head(path)):
+        raise CheckpointError(f"{path}: not a safetensors file (bad header)")
+    try:
+        return safetensors_io.read_header(path)[1]
+    except FileFormatError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def read_file(path: str) -> tuple[dict, dict[str, str]]:
+    """Read a weights file of either kind into (mapping, metadata)."""
+    head = _file_head(path)
     if path.endswith(".safetensors") or not path.endswith(PICKLE_SUFFIXES):
         if _looks_like_safetensors(head):
             return read_safetensors(path)

@@ -24,7 +24,6 @@ animal; more steps are the first thing to try.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +197,6 @@ def detect_heads(
     """The most face-like head of each image (B, 3, H, W) in 0..1, or None where no window scores above
     ``threshold``. Sizes and points are in the image's pixels (pixel centres at integers); the score is
     the refined window's."""
-    import kornia.geometry.transform as KT
-
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"detect_heads takes images (B, 3, H, W), got {tuple(image.shape)}")
     results: list[HeadDetection | None] = []

@@ -14,7 +14,7 @@ from . import face_vid2vid, liveportrait
 from .base import TalkingHeadModel
 from .config import ModelConfig
 
-Reader = Callable[[str, str], "LoadedWeights | None"]  # (path, requested family) -> weights in our layout, or None
+Reader = Callable[[str, str], LoadedWeights | None]  # (path, requested family) -> weights in our layout, or None
 
 
 @dataclass(frozen=True)
