@@ -5,8 +5,9 @@ Our format is one ``.safetensors`` file whose keys carry module prefixes (``appe
 ``format`` = ``anytalk``, ``format_version`` and ``config`` (the :class:`ModelConfig` as JSON, with the
 family, convention and sizes) plus optional ``provenance`` JSON.
 
-Third-party files are recognised by their keys and mapped by prefix rewriting; pickles are only ever
-opened with ``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` whose one-line
+Third-party files are recognised by their keys and mapped by prefix rewriting, each by its family's reader
+(``models.registry.READERS``); files are read by :mod:`.weights`, and pickles are only ever opened with
+``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` whose one-line
 message names the file and what is wrong; nothing is ever partially loaded.
 """
 from __future__ import annotations
