@@ -5,213 +5,54 @@ Our format is one ``.safetensors`` file whose keys carry module prefixes (``appe
 ``format`` = ``anytalk``, ``format_version`` and ``config`` (the :class:`ModelConfig` as JSON, with the
 family, convention and sizes) plus optional ``provenance`` JSON.
 
-Third-party files are recognised by their keys and mapped by prefix rewriting; pickles are only ever
-opened with ``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` whose one-line
+Third-party files are recognised by their keys and mapped by prefix rewriting, each by its family's reader
+(``models.registry.READERS``); files are read by :mod:`.weights`, and pickles are only ever opened with
+``torch.load(weights_only=True)``. Every failure is a :class:`CheckpointError` whose one-line
 message names the file and what is wrong; nothing is ever partially loaded.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
-from . import safetensors_io
-from .io_utils import atomic_output
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
-from .models.registry import ShapeError, StateDict, build_model, get_family
-from .safetensors_io import FileFormatError
-
-FORMAT_NAME = "anytalk"
-PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
-
-
-class CheckpointError(FileFormatError):
-    """A checkpoint could not be read or does not fit the model; the message names the file."""
-
-
-@dataclass
-class LoadedWeights:
-    """A checkpoint read into our key layout, before a model is built."""
-
-    path: str
-    family: str
-    state: StateDict
-    config: ModelConfig | None = None  # from metadata, when the file is ours
-    provenance: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # what the loader decided (shown to the user)
+from .models.registry import READERS, build_model, get_family
+from .models.shape_inference import ShapeError
+from .safetensors_io import read_tagged, write_tagged
+from .weights import FORMAT_NAME, CheckpointError, LoadedWeights, StateDict, read_safetensors_meta, short_error
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading raw files
+# Reading: our format first, then each family's released layouts (models.registry.READERS)
 # ------------------------------------------------------------------------------------------------
-
-def read_safetensors(path: str) -> tuple[StateDict, dict[str, str]]:
-    """All tensors and the metadata of a safetensors file (header validated before anything is allocated).
-
-    See :mod:`.safetensors_io`: plain reads into fresh memory, every offset, size and shape checked first.
-    """
-    try:
-        return safetensors_io.read_safetensors(path)
-    except FileFormatError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def read_pickle(path: str) -> object:
-    """``torch.load(weights_only=True)``: plain tensors and containers only, never code."""
-    import pickle
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # protocol notices about files we may refuse anyway
-            try:  # memory-mapped: optimizer states and other unused entries never reach memory
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc) and "zip" not in str(exc):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise CheckpointError(
-                f"{path}: refusing to load: the pickle needs code to run to load it (only plain tensors are "
-                "accepted); convert it where you trust it, or use a .safetensors file") from None
-        raise CheckpointError(f"{path}: not a torch checkpoint ({_short(exc)})") from None
-    except Exception as exc:  # the unpickler raises many types on garbage (IndexError, KeyError, ...)
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt: {_short(exc)})") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:160] + ("..." if len(text) > 160 else "")
-
-
-def read_file(path: str) -> tuple[dict, dict[str, str]]:
-    """Read a weights file of either kind into (mapping, metadata)."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise CheckpointError(f"{path}: empty file")
-    if path.endswith(".safetensors") or not path.endswith(PICKLE_SUFFIXES):
-        if _looks_like_safetensors(head):
-            return read_safetensors(path)
-        if not path.endswith(".safetensors") and (head[:2] == b"PK" or head[:1] == b"\x80"):
-            obj = read_pickle(path)
-            return (obj if isinstance(obj, dict) else {}), {}
-        raise CheckpointError(f"{path}: not a safetensors file (bad header)")
-    obj = read_pickle(path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: a torch file holding a {type(obj).__name__}, not a dict of state dicts")
-    return obj, {}
-
-
-def _looks_like_safetensors(head: bytes) -> bool:
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 0 < n <= safetensors_io.MAX_HEADER_BYTES and head[8:9] == b"{"
-
-
-# ------------------------------------------------------------------------------------------------
-# Layout recognition: each reader maps a file (or folder) into our key layout, or returns None
-# ------------------------------------------------------------------------------------------------
-
-Reader = Callable[[str, str], "LoadedWeights | None"]  # (path, requested family) -> weights or None
-READERS: list[Reader] = []
-
-
-def register_reader(reader: Reader) -> None:
-    """Add a layout reader (model families call this when their module is imported)."""
-    READERS.append(reader)
-
-
-FACE_VID2VID_MODULES = ("generator", "kp_detector", "he_estimator")
-APPEARANCE_KEYS = ("first.", "down_blocks.", "second.", "resblocks_3d.")
-
-
-def map_face_vid2vid(modules: dict[str, StateDict]) -> StateDict:
-    """face-vid2vid state dicts {generator, kp_detector, he_estimator[, discriminator]} -> our flat keys."""
-    out: StateDict = {}
-    for key, value in modules["generator"].items():
-        if key.startswith("dense_motion_network."):
-            out["dense_motion." + key[len("dense_motion_network."):]] = value
-        elif key.startswith(APPEARANCE_KEYS):
-            out["appearance." + key] = value
-        else:
-            out["generator." + key] = value
-    for key, value in modules["kp_detector"].items():
-        out["keypoints." + key] = value
-    for key, value in modules["he_estimator"].items():
-        out["motion." + key] = value
-    for key, value in modules.get("discriminator", {}).items():
-        out["discriminator." + key] = value
-    return out
-
-
-def _strip_module_prefix(state: dict) -> dict:
-    """Remove a DataParallel ``module.`` prefix when every key has it."""
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
 
 def read_ours(path: str, family: str) -> LoadedWeights | None:
+    """Our single-file format (``format`` = ``anytalk`` metadata); None for any other file."""
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         return None
-    state, meta = read_file(path)
-    if meta.get("format") != FORMAT_NAME:
+    if read_safetensors_meta(path).get("format") != FORMAT_NAME:  # another layout: left to the family readers
         return None
+    state, meta = read_tagged(path, FORMAT_NAME, "AnyTalk checkpoint", error=CheckpointError)
     try:
         version = int(meta.get("format_version", "0"))
         config = ModelConfig.from_json(meta["config"])
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable config metadata ({_short(exc)})") from None
+        raise CheckpointError(
+            f"{path}: AnyTalk checkpoint with unreadable config metadata ({short_error(exc)})") from None
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
+        raise CheckpointError(
+            f"{path}: written by a newer AnyTalk (format {version} > {FORMAT_VERSION}); update the pack")
     try:
         provenance = json.loads(meta.get("provenance", "{}") or "{}")
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: AnyTalk checkpoint with unreadable provenance metadata ({_short(exc)})") from None
+        raise CheckpointError(
+            f"{path}: AnyTalk checkpoint with unreadable provenance metadata ({short_error(exc)})") from None
     if not isinstance(provenance, dict):
         raise CheckpointError(f"{path}: AnyTalk checkpoint whose provenance metadata is not a JSON object")
     return LoadedWeights(path, config.family, state, config, provenance)
-
-
-def read_face_vid2vid(path: str, family: str) -> LoadedWeights | None:
-    if os.path.isdir(path) or family not in ("auto", "face_vid2vid"):
-        return None
-    raw, meta = read_file(path)
-    if meta.get("format") == FORMAT_NAME:
-        return None
-    if all(isinstance(raw.get(m), dict) for m in FACE_VID2VID_MODULES):  # the released .pth.tar dict
-        modules = {m: _strip_module_prefix(raw[m]) for m in (*FACE_VID2VID_MODULES, "discriminator") if isinstance(raw.get(m), dict)}
-    elif any(isinstance(k, str) and k.startswith("kp_detector.") for k in raw):  # flattened twin
-        modules = {}
-        for key, value in raw.items():
-            head, _, rest = key.partition(".")
-            modules.setdefault(head, {})[rest] = value
-        if not all(m in modules for m in FACE_VID2VID_MODULES):
-            missing = [m for m in FACE_VID2VID_MODULES if m not in modules]
-            raise CheckpointError(f"{path}: face-vid2vid checkpoint without the {', '.join(missing)} weights")
-    else:
-        return None
-    for name, module in modules.items():
-        if not all(isinstance(v, torch.Tensor) for v in module.values()):
-            raise CheckpointError(f"{path}: '{name}' is not a state dict of tensors")
-    return LoadedWeights(path, "face_vid2vid", map_face_vid2vid(modules),
-                         notes=["face-vid2vid checkpoint (released layout)"])
-
-
-register_reader(read_ours)
-register_reader(read_face_vid2vid)
 
 
 def read_weights(path: str | os.PathLike, family: str = "auto") -> LoadedWeights:
@@ -221,7 +62,7 @@ def read_weights(path: str | os.PathLike, family: str = "auto") -> LoadedWeights
         get_family(family)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
-    for reader in READERS:
+    for reader in (read_ours, *READERS):
         weights = reader(path, family)
         if weights is not None:
             return _check_requested_family(weights, family)
@@ -292,7 +133,7 @@ def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
             model = build_model(config, with_discriminator=with_discriminator)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
             RuntimeError) as exc:  # a config from a file's metadata that describes no buildable model
-        raise CheckpointError(f"{weights.path}: its config describes no buildable model ({_short(exc)})") from None
+        raise CheckpointError(f"{weights.path}: its config describes no buildable model ({short_error(exc)})") from None
     check_state_dict(weights.path, model, state)
     weights.state = {}
     for key in list(state):
@@ -340,22 +181,17 @@ def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator
 def save_checkpoint(model: TalkingHeadModel, path: str | os.PathLike, provenance: dict | None = None,
                     overwrite: bool = False, include_discriminator: bool = True) -> str:
     """Write our single-file format atomically; refuses to replace an existing file unless asked."""
-    from safetensors.torch import save_file
-
     path = os.fspath(path)
     if not path.endswith(".safetensors"):
         raise CheckpointError(f"{path}: AnyTalk checkpoints are written as .safetensors files")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-             if include_discriminator or not k.startswith("discriminator.")}
+    state = {k: v for k, v in model.state_dict().items() if include_discriminator or not k.startswith("discriminator.")}
     meta = {
-        "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "family": model.config.family,
         "config": model.config.to_json(),
         "provenance": json.dumps(provenance or getattr(model, "provenance", {}) or {}, sort_keys=True),
     }
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(state, tmp, metadata=meta)
+    write_tagged(path, state, FORMAT_NAME, meta, overwrite=overwrite)
     return path
 
 
@@ -371,6 +207,3 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, family: str = "auto"
     model = model_from_weights(weights, with_discriminator=has_discriminator)
     provenance = {"converted_from": os.path.basename(src), "source_family": weights.family, **weights.provenance}
     return save_checkpoint(model, dst, provenance=provenance, overwrite=overwrite)
-
-
-from .models import liveportrait as _liveportrait  # noqa: E402,F401  (registers the LivePortrait family and reader)

@@ -11,16 +11,20 @@ the CPU so the inverse is exact to float rounding), the crop size and the origin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import detection  # faces_available is read through the module: tests switch the extra off
+from .detection import DETECTORS, FACES_EXTRA, FRAMINGS, DetectionReport, MissingExtraError, detect_face, framing_square
+
 __all__ = [
     "CropSpec",
     "crop_full",
+    "framing_crop",
     "crop_box",
     "crop_auto",
     "crop_auto_with_report",
@@ -150,6 +154,34 @@ def _square_matrix(
     # Rotation about the square's centre, then move that centre onto the crop's centre.
     m[:, :, 2] += (size - 1) / 2 - centers
     return m
+
+
+def framing_crop(
+    image_hw: tuple[int, int],
+    center: torch.Tensor,
+    size: torch.Tensor,
+    angle: torch.Tensor,
+    crop_size: int,
+    family: str = "liveportrait",
+    role: str = "source",
+):
+    """A :class:`~anytalk_core.crop.CropSpec` (batch B) framing faces (centre (B, 2), size (B,), angle
+    (B,) degrees) the way ``family`` (``liveportrait``, ``face_vid2vid`` or ``anytalk``) was trained,
+    for a ``source`` image or a ``driving`` video. The crop is turned so the eye line is level."""
+    if family not in FRAMINGS:
+        raise ValueError(f"unknown framing family {family!r}; choose one of {', '.join(FRAMINGS)}")
+    if role not in ("source", "driving"):
+        raise ValueError(f"framing role must be 'source' or 'driving', got {role!r}")
+    hw = _check_hw(image_hw)
+    crop_size = _check_size(crop_size)
+    center = torch.as_tensor(center, dtype=torch.float64).reshape(-1, 2)
+    size = torch.as_tensor(size, dtype=torch.float64).reshape(-1)
+    angle = torch.as_tensor(angle, dtype=torch.float64).reshape(-1)
+    if not (torch.isfinite(size).all() and (size > 0).all()):
+        raise ValueError(f"face sizes must be positive and finite, got {size.tolist()}")
+    c, side, a = framing_square(center, size, angle, FRAMINGS[family][role])
+    # kornia's positive angle turns the content counter-clockwise: undo a clockwise face roll.
+    return CropSpec(_square_matrix(c, side, crop_size, a), crop_size, hw)
 
 
 def crop_full(image_hw: tuple[int, int], size: int) -> CropSpec:
@@ -296,10 +328,6 @@ def crop_auto_with_report(
 ) -> tuple[CropSpec, list]:
     """:func:`crop_auto` and, per frame, the :class:`~anytalk_core.detection.DetectionReport` saying which
     detector framed it and the face box it found."""
-    from .detection import DETECTORS, FACES_EXTRA, FRAMINGS, MissingExtraError, detect_face, faces_available
-    from .detection.framing import framing_square
-    from dataclasses import replace
-
     _check_image(image)
     size = _check_size(size)
     if backend not in _AUTO_BACKENDS:
@@ -310,9 +338,8 @@ def crop_auto_with_report(
         raise ValueError(f"framing role must be 'source' or 'driving', got {role!r}")
     if scale is not None and not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be positive, got {scale!r}")
-    if backend == "faces" and not faces_available():
+    if backend == "faces" and not detection.faces_available():
         raise MissingExtraError(f"crop backend 'faces' needs the human face detector: {FACES_EXTRA}")
-    from .detection import DetectionReport
 
     framing = FRAMINGS[family][role]
     if scale is not None:
@@ -355,7 +382,7 @@ def crop_auto_with_report(
                 angles.append(float(angle[0]))
                 reports.append(report)
                 continue
-            if backend == "auto" and not faces_available():
+            if backend == "auto" and not detection.faces_available():
                 notice = f"no human face detector: {FACES_EXTRA}"
         box = None
         if backend in ("auto", "foreground"):

@@ -345,7 +345,7 @@ def _ratio_tensor(value, source: list[float], size: int, what: str, like: torch.
 
 
 def _network(model, name: str, what: str):
-    from .models.stitching import RetargetingNetwork
+    from .models.liveportrait.stitching import RetargetingNetwork
 
     net = getattr(model, name, None)
     if not isinstance(net, RetargetingNetwork):
@@ -392,7 +392,7 @@ def retargeted_keypoints(model, source, driving: Motion, options=None, reference
     multiplier. Without a delta it equals ``model.driven_keypoints``.
     """
     from .models.liveportrait import LivePortraitOptions
-    from .models.stitching import apply_stitching_delta
+    from .models.liveportrait.stitching import apply_stitching_delta
 
     if options is None:
         options = LivePortraitOptions()

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import limits
-from .io_utils import atomic_output
-from .safetensors_io import FileFormatError, read_safetensors
+from .safetensors_io import FileFormatError, read_tagged, write_tagged
 
 POSE_FIELDS = ("yaw", "pitch", "roll")
 MOTION_FORMAT = "anytalk.motion"
@@ -121,12 +120,8 @@ class Motion:
     # ----- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write a small safetensors file (atomically; never over an existing file unless asked)."""
-        from safetensors.torch import save_file
-
-        meta = {"format": MOTION_FORMAT, "family": self.family, "fps": json.dumps(self.fps)}
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors().items()}
-        with atomic_output(path, overwrite=overwrite) as tmp:
-            save_file(tensors, tmp, metadata=meta)
+        write_tagged(path, self.tensors(), MOTION_FORMAT, {"family": self.family, "fps": json.dumps(self.fps)},
+                     overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Motion":
@@ -134,10 +129,7 @@ class Motion:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: motion file not found")
-        try:
-            tensors, meta = read_safetensors(path, "motion file")
-        except FileFormatError as exc:
-            raise MotionFileError(str(exc)) from None
+        tensors, meta = read_tagged(path, MOTION_FORMAT, "AnyTalk motion file", error=MotionFileError)
         return validate_motion_file(path, tensors, meta)
 
 
@@ -151,9 +143,9 @@ _FAMILY_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 def validate_motion_file(path: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Motion:
-    """The Motion a file's tensors and metadata describe, or one MotionFileError naming the faulty field.
+    """The Motion a tagged file's tensors and metadata describe, or one MotionFileError naming the faulty field.
 
-    Checked: the format tag, the family name, fps (JSON null or a number in limits.MIN_FPS..MAX_FPS), the
+    Checked (the format tag was checked on reading): the family name, fps (JSON null or a number in limits.MIN_FPS..MAX_FPS), the
     tensor names (exactly the motion's fields), dtypes (floating point; stored as float32), shapes (N >= 1
     frames, K >= 1 keypoints), finite values of magnitude at most MAX_ABS_VALUE, and the duration
     N / fps against limits.max_seconds().
@@ -161,8 +153,6 @@ def validate_motion_file(path: str, tensors: dict[str, torch.Tensor], meta: dict
     def bad(message: str) -> MotionFileError:
         return MotionFileError(f"{path}: {message}")
 
-    if meta.get("format") != MOTION_FORMAT:
-        raise bad(f"not an AnyTalk motion file (metadata format={_shown(meta.get('format'))})")
     family = meta.get("family", "face_vid2vid")
     if not _FAMILY_NAME.match(family):
         raise bad(f"motion file with an invalid family name {_shown(family)}")

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io_utils import atomic_output
+
 __all__ = ["FileFormatError", "MAX_HEADER_BYTES", "SAFETENSORS_DTYPES", "TensorEntry", "read_header",
            "read_safetensors", "read_tagged", "read_tagged_meta", "write_tagged", "meta_json"]
 
@@ -247,8 +249,6 @@ def write_tagged(path: str | os.PathLike, tensors: dict[str, torch.Tensor], form
     """
     from safetensors.torch import save_file
 
-    from .io_utils import atomic_output
-
     extra = dict(meta or {})
     bad = [k for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str))]
     if bad or "format" in extra:
@@ -268,7 +268,8 @@ def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], wha
     """The metadata of a file tagged ``format`` (one name or several accepted), reading the header only.
 
     A missing file, a malformed header or another format raise ``error`` with one line naming the file,
-    the fault and ``hint`` (how to get a good file).
+    the fault and ``hint`` (how to get a good file): ``<path>: <what> not found``, ``<path>: not a readable
+    safetensors file (<fault>)`` or ``<path>: not a <what> (metadata format=..., expected ...)``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -277,10 +278,11 @@ def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], wha
     try:
         meta = read_header(path, what)[1]
     except FileFormatError as exc:
-        raise _tagged_error(error, path, exc.reason, hint) from None
+        raise _tagged_error(error, path, f"not a readable safetensors file ({exc.reason})", hint) from None
     formats = (format,) if isinstance(format, str) else tuple(format)
     if meta.get("format") not in formats:
-        raise _tagged_error(error, path, f"not an AnyTalk {what} (metadata format={meta.get('format')!r}, "
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise _tagged_error(error, path, f"not {article} {what} (metadata format={meta.get('format')!r}, "
                                          f"expected {' or '.join(map(repr, formats))})", hint)
     return meta
 
@@ -294,7 +296,7 @@ def read_tagged(path: str | os.PathLike, format: str | tuple[str, ...], what: st
     try:
         tensors, _ = read_safetensors(path, what)
     except FileFormatError as exc:
-        raise _tagged_error(error, os.fspath(path), exc.reason, hint) from None
+        raise _tagged_error(error, os.fspath(path), f"not a readable safetensors file ({exc.reason})", hint) from None
     return tensors, meta
 
 

@@ -67,6 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anytalk_core import synthetic as syn
+from anytalk_core.safetensors_io import read_tagged, write_tagged
 
 __all__ = [
     "ANNOTATOR_FORMAT", "ANNOTATOR_TAG", "DEFAULT_ANNOTATOR_PATH", "POSE_RANGE", "RANGE_MARGIN", "AnnotatorError",
@@ -407,19 +408,12 @@ def train_annotator(seed: int = 0, steps: int = 2000, batch: int = 64, size: int
 
 def save_annotator(net: SyntheticAnnotator, path: str | os.PathLike, report: dict, overwrite: bool = False) -> Path:
     """Write the weights (float32 safetensors) with config and report as metadata, atomically."""
-    from safetensors.torch import save_file
-
-    from anytalk_core.io_utils import atomic_output
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise AnnotatorError(f"{path}: annotator weights are written as .safetensors files")
-    meta = {"format": ANNOTATOR_FORMAT, "format_version": str(ANNOTATOR_FORMAT_VERSION),
+    meta = {"format_version": str(ANNOTATOR_FORMAT_VERSION),
             "config": json.dumps(net.config, sort_keys=True), "report": json.dumps(report, sort_keys=True)}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(state, os.fspath(tmp), metadata=meta)
-    return path
+    return write_tagged(path, net.state_dict(), ANNOTATOR_FORMAT, meta, overwrite=overwrite)
 
 
 def _how_to_make(path: Path) -> str:
@@ -433,18 +427,11 @@ def load_annotator(path: str | os.PathLike | None = None, device: str | torch.de
     The training report is at ``net.report`` (dict). Raises :class:`AnnotatorError` when the file is
     missing, corrupt, of another format or does not match the network.
     """
-    from anytalk_core.checkpoints import CheckpointError, read_safetensors
-
     p = Path(path) if path is not None else DEFAULT_ANNOTATOR_PATH
     if not p.is_file():
         raise AnnotatorError(f"synthetic annotator weights not found at {p}: {_how_to_make(p)}")
-    try:
-        state, meta = read_safetensors(os.fspath(p))
-    except CheckpointError as exc:
-        raise AnnotatorError(f"{exc}; {_how_to_make(p)}") from None
-    if meta.get("format") != ANNOTATOR_FORMAT:
-        raise AnnotatorError(f"{p}: not a synthetic annotator file (metadata format={meta.get('format')!r}, "
-                             f"expected {ANNOTATOR_FORMAT!r}); {_how_to_make(p)}")
+    state, meta = read_tagged(p, ANNOTATOR_FORMAT, "synthetic annotator file", error=AnnotatorError,
+                              hint=_how_to_make(p))
     try:
         cfg = json.loads(meta["config"])
         report = json.loads(meta.get("report", "{}"))

@@ -19,13 +19,14 @@ from anytalk_core.audio_motion import (
     require_audio2motion,
     rest_motion,
 )
-from anytalk_core.checkpoints import CheckpointError, load_model, read_safetensors, save_checkpoint
+from anytalk_core.checkpoints import CheckpointError, load_model, save_checkpoint
 from anytalk_core.cli import main
 from anytalk_core.media import probe_video, read_audio, save_image, write_video, write_wav
 from anytalk_core.models import audio2motion as a2m
 from anytalk_core.models.config import AudioToMotionConfig, tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.motion import Motion
+from anytalk_core.safetensors_io import read_safetensors
 from anytalk_core.synthetic import synth_speech
 
 SMALL = dict(n_mels=24, feature_dim=24, frontend_channels=8, dim=16, depth=2, heads=2, radius=3, context=4)

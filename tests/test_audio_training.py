@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from anytalk_core.checkpoints import load_model, read_safetensors, save_checkpoint
+from anytalk_core.checkpoints import load_model, save_checkpoint
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
+from anytalk_core.safetensors_io import read_safetensors
 from anytalk_training.audio2motion import AudioMotionTrainer, pearson, sync_offset
 from anytalk_training.cli import main as train_main
 from anytalk_training.config import ConfigError, load_config

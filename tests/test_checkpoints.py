@@ -187,3 +187,17 @@ def test_cli_convert_writes_once_and_reports_errors(tiny_model, tmp_path, capsys
 def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "anytalk_core.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "anytalk" in result.stdout
+
+
+def test_registry_lists_every_family_and_its_transfer_options():
+    from anytalk_core.models.base import TransferOptions
+    from anytalk_core.models.face_vid2vid import FaceVid2VidModel
+    from anytalk_core.models.liveportrait import LivePortraitModel, LivePortraitOptions
+    from anytalk_core.models.registry import FAMILIES, get_family
+
+    assert set(FAMILIES) == {"face_vid2vid", "liveportrait", "liveportrait_human", "liveportrait_animal"}
+    assert FaceVid2VidModel.transfer_options_type is TransferOptions
+    assert LivePortraitModel.transfer_options_type is LivePortraitOptions
+    assert get_family("liveportrait_animal").default_config().extra["variant"] == "animal"
+    with pytest.raises(ValueError, match="unknown model family 'sadtalker'; known: face_vid2vid, liveportrait"):
+        get_family("sadtalker")

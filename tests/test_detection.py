@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from anytalk_core import synthetic as syn
-from anytalk_core.crop import apply_crop, crop_auto, crop_auto_with_report, paste_back
+from anytalk_core.crop import apply_crop, crop_auto, crop_auto_with_report, framing_crop, paste_back
 from anytalk_core.detection import (
     FACES_EXTRA, FRAMINGS, DetectionReport, MissingExtraError, detect_face, face_frame, faces_available,
-    framing_crop,
 )
 from anytalk_core.detection.evaluate import PHOTO_TRUTH, evaluate_domain
 from anytalk_core.detection.heads import HEAD_DETECTOR_PATH, HeadNet, load_head_detector

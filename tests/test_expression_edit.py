@@ -23,10 +23,10 @@ from anytalk_core.expression_edit import (
     scale_keypoint_deltas,
 )
 from anytalk_core.models.config import AppearanceConfig, DenseMotionConfig, GeneratorConfig, tiny_config
-from anytalk_core.models.convnextv2 import ConvNeXtV2Config
+from anytalk_core.models.liveportrait.convnextv2 import ConvNeXtV2Config
 from anytalk_core.models.liveportrait import LivePortraitModel, LivePortraitOptions, make_config
 from anytalk_core.models.registry import build_model
-from anytalk_core.models.stitching import MLPConfig
+from anytalk_core.models.liveportrait.stitching import MLPConfig
 from anytalk_core.motion import POSE_FIELDS, Motion
 
 REPO = Path(__file__).resolve().parents[1]

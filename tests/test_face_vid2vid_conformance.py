@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from anytalk_core import checkpoints
 from anytalk_core.models import TransferOptions
 from anytalk_core.models.config import ModelConfig
-from anytalk_core.models.registry import build_model
+from anytalk_core.models.face_vid2vid import map_face_vid2vid
+from anytalk_core.models.registry import build_model, get_family
 
 MODES = {
     "abs": TransferOptions(mode="absolute"),
@@ -156,12 +157,12 @@ def full_size_state(ref) -> dict[str, torch.Tensor]:
     modules = next(iter(files.values()))
     tensors = {name: {k: torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
                       for k, shape in keys.items()} for name, keys in modules.items()}
-    return checkpoints.map_face_vid2vid(tensors)
+    return map_face_vid2vid(tensors)
 
 
 def test_full_size_manifest_loads_strictly_into_default_modules(ref):
     state = full_size_state(ref)
-    model = build_model(checkpoints.get_family("face_vid2vid").default_config(), with_discriminator=True)
+    model = build_model(get_family("face_vid2vid").default_config(), with_discriminator=True)
     checkpoints.check_state_dict("keys_full.json", model, state)  # raises with a list of problems
     model.load_state_dict(state, strict=True)
     manifest = json.loads((ref / "keys_full.json").read_text())
@@ -175,8 +176,8 @@ def test_full_size_manifest_loads_strictly_into_default_modules(ref):
 
 def test_full_size_config_is_inferred_from_shapes(ref):
     state = full_size_state(ref)
-    inferred = checkpoints.get_family("face_vid2vid").infer_config(state)
-    default = checkpoints.get_family("face_vid2vid").default_config()
+    inferred = get_family("face_vid2vid").infer_config(state)
+    default = get_family("face_vid2vid").default_config()
     assert inferred.to_dict() == default.to_dict()
 
 

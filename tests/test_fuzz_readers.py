@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from anytalk_core.checkpoints import read_file
 from anytalk_core.motion import MOTION_FORMAT, Motion
 from anytalk_core.safetensors_io import FileFormatError, read_safetensors
+from anytalk_core.weights import read_file
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -56,6 +56,10 @@ def test_errors_are_one_line_of_the_callers_type(tmp_path, case):
     expected = {"missing": "not found", "folder": "is a folder", "other_format": "'anytalk_motion'",
                 "garbage": "widget"}[case]
     assert expected in text
+    wording = {"missing": "widget not found", "folder": "widget is a folder",
+               "other_format": "not a widget (metadata format='anytalk_motion', expected 'anytalk_widget')",
+               "garbage": "not a readable safetensors file (header length"}[case]
+    assert wording in text
 
 
 def test_meta_json_errors(tmp_path):

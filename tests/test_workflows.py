@@ -318,7 +318,7 @@ def test_a_missing_video_is_reported_once(env, edit, widget):
 def test_long_clip_runs_without_per_frame_volumes(env, monkeypatch):
     n = 300
     write_driving_video(pack, env.base / "input" / "anytalk_long.mp4", n, size=64)
-    face = pack_submodule(pack, "anytalk_core.models.face_vid2vid")
+    face = pack_submodule(pack, "anytalk_core.models.face_vid2vid.model")
     model_cls = next(c for c in vars(face).values()
                      if isinstance(c, type) and c.__module__ == face.__name__ and "decode" in vars(c))
     batches = []

@@ -6,7 +6,7 @@
 
 Nothing here downloads anything and no network is ever used with random weights: a missing, truncated or
 foreign file is a :class:`WeightsError` naming the file and what is wrong, raised before training starts.
-Files are read with ``anytalk_core.checkpoints.read_file`` (safetensors, or pickles through
+Files are read with ``anytalk_core.weights.read_file`` (safetensors, or pickles through
 ``torch.load(weights_only=True)`` only).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anytalk_core.checkpoints import CheckpointError, read_file
+from anytalk_core.weights import CheckpointError, read_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

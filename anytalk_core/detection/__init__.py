@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from .faces import FACES_EXTRA, MissingExtraError, detect_human_faces, faces_available
-from .framing import ANYTALK_FRAMING, FRAMINGS, Framing, face_frame, framing_crop, framing_square
+from .framing import ANYTALK_FRAMING, FRAMINGS, Framing, face_frame, framing_square
+from .heads import detect_heads, load_head_detector
 
 __all__ = [
     "DETECTORS", "DetectionReport", "detect_face", "MissingExtraError", "FACES_EXTRA", "faces_available",
-    "Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square", "framing_crop",
+    "Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square",
 ]
 
 # What a caller may ask for; "auto" tries faces (when installed), then heads.
@@ -66,8 +67,6 @@ _HEAD_NET = None
 def _head_net():
     global _HEAD_NET
     if _HEAD_NET is None:
-        from .heads import load_head_detector
-
         _HEAD_NET = load_head_detector()
     return _HEAD_NET
 
@@ -97,8 +96,6 @@ def detect_face(rgb: torch.Tensor, detector: str = "auto") -> DetectionReport | 
                 return None
         else:
             notice = f"no human face detector: {FACES_EXTRA}"
-    from .heads import detect_heads
-
     found = detect_heads(_head_net(), rgb.detach().float()[None].cpu())[0]
     if found is None:
         return None

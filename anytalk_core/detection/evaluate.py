@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from .. import synthetic as syn
+from . import detect_face
+from .train_heads import _procedural, render_face_frame, rng_for
 
 __all__ = ["PHOTO_TRUTH", "DOMAINS", "Placed", "placed_subjects", "evaluate_domain", "main"]
 
@@ -61,8 +63,6 @@ class Placed:
 
 
 def _clutter(rng: np.random.Generator, size: int, coffee: torch.Tensor) -> torch.Tensor:
-    from .train_heads import _procedural
-
     canvas = _procedural(rng, 1, size)[0]
     for _ in range(int(rng.integers(1, 4))):  # pieces of a real photo
         h, w = coffee.shape[-2:]
@@ -108,8 +108,6 @@ def _photo(name: str) -> torch.Tensor:
 
 def placed_subjects(domain: str, n: int, seed: int = 0, canvas: int = 384) -> list[Placed]:
     """``n`` pictures of ``domain`` (a photo name or a synthetic domain) placed on cluttered canvases."""
-    from .train_heads import render_face_frame, rng_for
-
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
     rng = np.random.default_rng([0xA7D4, seed, DOMAINS.index(domain)])
@@ -131,8 +129,6 @@ def placed_subjects(domain: str, n: int, seed: int = 0, canvas: int = 384) -> li
 def evaluate_domain(domain: str, n: int = 12, seed: int = 0, detector: str | None = None) -> dict:
     """Recall, centre error (fraction of the face size) and size error (fraction) of ``detector``
     (default: ``faces`` for the astronaut, ``heads`` otherwise) on :func:`placed_subjects`."""
-    from . import detect_face
-
     detector = detector or ("faces" if domain == "astronaut" else "heads")
     pictures = placed_subjects(domain, n, seed)
     centre, size, times, found = [], [], [], 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square", "framing_crop"]
+__all__ = ["Framing", "FRAMINGS", "ANYTALK_FRAMING", "face_frame", "framing_square"]
 
 
 @dataclass(frozen=True)
@@ -98,34 +98,4 @@ def framing_square(
     uy = torch.stack([-torch.sin(a), torch.cos(a)], dim=-1)
     shift = (framing.vx_ratio * side)[:, None] * ux + (framing.vy_ratio * side)[:, None] * uy
     return center + shift, side, torch.rad2deg(a)
-
-
-def framing_crop(
-    image_hw: tuple[int, int],
-    center: torch.Tensor,
-    size: torch.Tensor,
-    angle: torch.Tensor,
-    crop_size: int,
-    family: str = "liveportrait",
-    role: str = "source",
-):
-    """A :class:`~anytalk_core.crop.CropSpec` (batch B) framing faces (centre (B, 2), size (B,), angle
-    (B,) degrees) the way ``family`` (``liveportrait``, ``face_vid2vid`` or ``anytalk``) was trained,
-    for a ``source`` image or a ``driving`` video. The crop is turned so the eye line is level."""
-    from ..crop import CropSpec, _check_hw, _check_size, _square_matrix
-
-    if family not in FRAMINGS:
-        raise ValueError(f"unknown framing family {family!r}; choose one of {', '.join(FRAMINGS)}")
-    if role not in ("source", "driving"):
-        raise ValueError(f"framing role must be 'source' or 'driving', got {role!r}")
-    hw = _check_hw(image_hw)
-    crop_size = _check_size(crop_size)
-    center = torch.as_tensor(center, dtype=torch.float64).reshape(-1, 2)
-    size = torch.as_tensor(size, dtype=torch.float64).reshape(-1)
-    angle = torch.as_tensor(angle, dtype=torch.float64).reshape(-1)
-    if not (torch.isfinite(size).all() and (size > 0).all()):
-        raise ValueError(f"face sizes must be positive and finite, got {size.tolist()}")
-    c, side, a = framing_square(center, size, angle, FRAMINGS[family][role])
-    # kornia's positive angle turns the content counter-clockwise: undo a clockwise face roll.
-    return CropSpec(_square_matrix(c, side, crop_size, a), crop_size, hw)
 

@@ -24,7 +24,6 @@ animal; more steps are the first thing to try.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..safetensors_io import meta_json, read_tagged
 
 __all__ = [
     "HEAD_DETECTOR_PATH", "HEAD_DETECTOR_FORMAT", "WINDOW", "NOMINAL_FACE", "STRIDE", "MIN_FACE",
@@ -96,26 +97,16 @@ class HeadDetection:
 
 def load_head_detector(path: str | os.PathLike | None = None) -> HeadNet:
     """The shipped (or a given) head detector, in eval mode on the CPU."""
-    from ..checkpoints import CheckpointError, read_safetensors
-    import json
-
     p = Path(path) if path is not None else HEAD_DETECTOR_PATH
-    how = f"remake it with: python -m anytalk_core.detection.train_heads --out {p}"
-    if not p.is_file():
-        raise HeadDetectorError(f"{p}: head detector weights not found; {how}")
-    try:
-        state, meta = read_safetensors(os.fspath(p))
-    except CheckpointError as exc:
-        raise HeadDetectorError(f"{exc}; {how}") from None
-    if meta.get("format") != HEAD_DETECTOR_FORMAT:
-        raise HeadDetectorError(f"{p}: not a head detector file (format={meta.get('format')!r}); {how}")
-    cfg = json.loads(meta.get("config", "{}"))
+    what, how = "head detector file", f"remake it with: python -m anytalk_core.detection.train_heads --out {p}"
+    state, meta = read_tagged(p, HEAD_DETECTOR_FORMAT, what, error=HeadDetectorError, hint=how)
+    cfg = meta_json(meta, "config", p, what, HeadDetectorError, default={}, hint=how)
     net = HeadNet(int(cfg.get("width", 16)))
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as exc:
         raise HeadDetectorError(f"{p}: weights do not fit the network ({str(exc)[:200]}); {how}") from None
-    net.report = json.loads(meta.get("report", "{}"))
+    net.report = meta_json(meta, "report", p, what, HeadDetectorError, default={}, hint=how)
     return net.eval()
 
 
@@ -206,8 +197,6 @@ def detect_heads(
     """The most face-like head of each image (B, 3, H, W) in 0..1, or None where no window scores above
     ``threshold``. Sizes and points are in the image's pixels (pixel centres at integers); the score is
     the refined window's."""
-    import kornia.geometry.transform as KT
-
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"detect_heads takes images (B, 3, H, W), got {tuple(image.shape)}")
     results: list[HeadDetection | None] = []

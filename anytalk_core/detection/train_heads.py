@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import synthetic as syn
+from ..safetensors_io import write_tagged
 from .framing import face_frame
-from .heads import HEAD_DETECTOR_FORMAT, NOMINAL_FACE, NUM_POINTS, WINDOW, HeadNet
+from .heads import HEAD_DETECTOR_FORMAT, NOMINAL_FACE, NUM_POINTS, WINDOW, HeadNet, load_head_detector
 
 TAG = 0xA7D3
 SPLITS = {"train": 0, "val": 1, "check": 2}
@@ -318,16 +319,10 @@ def validate(net: HeadNet, seed: int = 0, n: int = 768) -> dict:
 
 
 def save(net: HeadNet, path: str | os.PathLike, report: dict) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {"format": HEAD_DETECTOR_FORMAT, "config": json.dumps({"width": net.width}),
-            "report": json.dumps(report)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().float().contiguous() for k, v in net.state_dict().items()}, os.fspath(tmp),
-              metadata=meta)
-    os.replace(tmp, path)
-    return path
+    """Write the weights (float32) with config and report as metadata, atomically, replacing ``path``."""
+    meta = {"config": json.dumps({"width": net.width}), "report": json.dumps(report)}
+    state = {k: v.float() for k, v in net.state_dict().items()}
+    return write_tagged(path, state, HEAD_DETECTOR_FORMAT, meta, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init = None
     if args.init:
-        from .heads import load_head_detector
-
         init = load_head_detector(args.init)
     net, report = train(args.seed, args.minutes, args.batch, args.pool, lr=args.lr,
                         log=lambda s: print(s, flush=True), init=init)

@@ -1,6 +1,5 @@
-"""Networks of the supported model families; one network per file, configs in ``config.py``."""
+"""Networks of the supported model families: shared blocks here, one package per family, the table in ``registry``."""
 from .base import SourceState, TalkingHeadModel, TransferOptions
 from .config import ModelConfig
-from .registry import FAMILIES, build_model, get_family
 
-__all__ = ["FAMILIES", "ModelConfig", "SourceState", "TalkingHeadModel", "TransferOptions", "build_model", "get_family"]
+__all__ = ["ModelConfig", "SourceState", "TalkingHeadModel", "TransferOptions"]

@@ -11,7 +11,7 @@ from ..geometry import convex_hull_volume, euler_to_rotation_matrix, transform_k
 from ..motion import Motion, interpolate
 from .audio2motion import AudioToMotion
 from .config import ModelConfig
-from .stitching import Unavailable
+from .blocks import Unavailable
 
 NO_AUDIO2MOTION_FIX = ("train one with `anytalk-train training/configs/audio2motion.toml model.init_from=<this "
                        "checkpoint>`, or use a checkpoint that has one (e.g. the bundled demo)")
@@ -79,6 +79,7 @@ class TalkingHeadModel(nn.Module, abc.ABC):
 
     family: str = ""
     source_only_modules: tuple[str, ...] = ("appearance",)  # networks that only ever see the source image
+    transfer_options_type: type[TransferOptions] = TransferOptions  # the options this family's transfer takes
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -5,6 +5,8 @@ third-party weights load by prefix rewriting alone.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -292,3 +294,14 @@ class SPADEResBlock(nn.Module):
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2, inplace=inplace))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2, inplace=inplace))
         return dx.add_(shortcut) if inplace else shortcut + dx
+
+
+class Unavailable(nn.Module):
+    """Stands in for an optional network the checkpoint did not include; calling it explains what is missing."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__()
+        self.what, self.fix = what, fix
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError(f"this model has no {self.what} weights; {self.fix}")

@@ -190,14 +190,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) dataclass, rejecting unknown keys so typos surface."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
@@ -210,7 +210,7 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     for name, value in data.items():
         target = _NESTED.get((cls.__name__, name))
         if target is not None and value is not None:
-            value = _from_dict(target, value)
+            value = dataclass_from_dict(target, value)
         elif isinstance(value, list) and "tuple" in str(hints[name]):
             value = tuple(value)
         kwargs[name] = value

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anytalk_core.checkpoints import CheckpointError, read_file
+from anytalk_core.weights import CheckpointError, read_file
 
 __all__ = [
     "MetricWeightsError",

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import dataclass_from_dict
+
 LAYER_NORM_EPS = 1e-6
 
 
@@ -41,10 +43,7 @@ class ConvNeXtV2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ConvNeXtV2Config":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"ConvNeXtV2Config: unknown config keys {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class LayerNorm2d(nn.Module):

@@ -1,18 +1,18 @@
-"""The face-vid2vid family (AnyTalk's network): K = 15 keypoints, separate detector and motion estimator."""
+"""The face-vid2vid model (AnyTalk's network): K = 15 keypoints, separate detector and motion estimator."""
 from __future__ import annotations
 
 import torch
 
-from ..geometry import bins_to_degrees
-from ..motion import Motion
-from .appearance import AppearanceEncoder
-from .base import TalkingHeadModel
-from .config import ModelConfig
-from .dense_motion import DenseMotionNetwork
-from .discriminator import MultiScaleDiscriminator
-from .generator import Generator
-from .keypoint_detector import KeypointDetector
-from .motion_estimator import MotionEstimator
+from ...geometry import bins_to_degrees
+from ...motion import Motion
+from ..appearance import AppearanceEncoder
+from ..base import TalkingHeadModel
+from ..config import ModelConfig
+from ..dense_motion import DenseMotionNetwork
+from ..discriminator import MultiScaleDiscriminator
+from ..generator import Generator
+from ..keypoint_detector import KeypointDetector
+from ..motion_estimator import MotionEstimator
 
 
 class FaceVid2VidModel(TalkingHeadModel):

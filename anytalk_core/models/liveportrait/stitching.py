@@ -6,13 +6,14 @@ State-dict keys are the released inner keys without the DDP prefix (``mlp.0.weig
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..config import dataclass_from_dict
 
 
 @dataclass
@@ -32,10 +33,7 @@ class MLPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MLPConfig":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"MLPConfig: unknown config keys {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 # The released networks (models.yaml, stitching_retargeting_module_params) for K = 21.
@@ -110,14 +108,3 @@ class RetargetingNetwork(StitchingRetargetingMLP):
         kp_source = kp_source.expand(b, k, 3)
         ratios = ratios.reshape(ratios.shape[0], -1).expand(b, -1)
         return self.run(torch.cat([kp_source.reshape(b, -1), ratios], dim=1)).reshape(b, k, 3)
-
-
-class Unavailable(nn.Module):
-    """Stands in for an optional network the checkpoint did not include; calling it explains what is missing."""
-
-    def __init__(self, what: str, fix: str):
-        super().__init__()
-        self.what, self.fix = what, fix
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise RuntimeError(f"this model has no {self.what} weights; {self.fix}")
