@@ -6,7 +6,7 @@ import torch
 
 from ._common import to_float_frames
 
-__all__ = ["l1_distance", "psnr"]
+__all__ = ["l1_distance", "mse", "psnr", "psnr_from_mse"]
 
 
 def _pair(generated: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,8 +25,17 @@ def l1_distance(generated: torch.Tensor | np.ndarray, reference: torch.Tensor | 
     return (a - b).abs().flatten(1).mean(1)
 
 
+def mse(generated: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Mean squared difference per frame, pixel values in 0..1: (N, H, W, 3) x2 -> (N,) float64."""
+    a, b = _pair(generated, reference)
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def psnr_from_mse(error: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
+    """``10 log10(max^2 / MSE)`` in dB, elementwise; an MSE of 0 gives +inf."""
+    return 10 * torch.log10(max_value**2 / error)
+
+
 def psnr(generated: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, max_value: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per frame in dB: ``10 log10(max^2 / MSE)``; identical frames give +inf."""
-    a, b = _pair(generated, reference)
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(max_value**2 / mse)
+    return psnr_from_mse(mse(generated, reference), max_value)
