@@ -17,6 +17,7 @@ Conventions, used by every caller (CLI, nodes, trainer, tests):
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -34,6 +35,9 @@ WHITE: Background = (1.0, 1.0, 1.0)
 
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _WIDE_GRAY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_EXIF_WARNED: list[bool] = []  # the unreadable-EXIF fallback is announced once per process
+
+log = logging.getLogger("anytalk")
 
 
 def load_image(path: str | os.PathLike, background: Background | None = WHITE) -> torch.Tensor:
@@ -124,10 +128,14 @@ def save_image(
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip by the EXIF orientation tag; a broken EXIF block is ignored, not fatal."""
+    """Rotate/flip by the EXIF orientation tag; a broken EXIF block is ignored with a warning, not fatal."""
     try:
         return ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make an otherwise good image unreadable
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not make an otherwise good image unreadable
+        if not _EXIF_WARNED:
+            _EXIF_WARNED.append(True)
+            log.warning("AnyTalk: an image's EXIF block is unreadable (%s: %s); it is used as stored, without "
+                        "rotating it by its EXIF orientation", type(exc).__name__, exc)
         return image
 
 
