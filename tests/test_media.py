@@ -427,3 +427,18 @@ def test_wrong_kind_of_media_is_named(tmp_path):
         read_audio(silent)
     with pytest.raises(ValueError, match="unsupported video format"):
         VideoWriter(tmp_path / "clip.avi", FPS)
+
+
+def test_a_missing_preferred_encoder_is_announced(monkeypatch):
+    from anytalk_core.media import video as video_module
+
+    real = video_module.av.Codec
+
+    def codec(name, mode="r"):
+        if name in ("libx264", "h264"):
+            raise video_module.av.codec.codec.UnknownCodecError(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(video_module.av, "Codec", codec)
+    with pytest.warns(UserWarning, match=r"no libx264 encoder: mp4 video is encoded with mpeg4 \(no CRF mode"):
+        assert video_module._first_encoder(("libx264", "h264", "mpeg4"), "video", "mp4") == "mpeg4"
