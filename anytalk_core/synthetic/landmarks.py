@@ -6,8 +6,8 @@ from typing import Sequence
 import torch
 
 from .params import LANDMARK_INDEX, NUM_LANDMARKS
-from .raster import _Cam, _Layers
-from .scene import _BIG, _Scene
+from .raster import Cam, Layers
+from .scene import BIG, Scene
 
 
 def _front_z_ellipsoid(x: torch.Tensor, y: torch.Tensor, center: torch.Tensor, axes: torch.Tensor,
@@ -24,26 +24,26 @@ def _front_z_ellipsoid(x: torch.Tensor, y: torch.Tensor, center: torch.Tensor, a
     pd = (p0 * d[:, None]).sum(-1)
     disc = pd * pd - dd * ((p0 * p0).sum(-1) - 1.0)
     t = (-pd - disc.clamp(min=0).sqrt()) / dd
-    return torch.where(disc >= 0, t, torch.full_like(t, _BIG))
+    return torch.where(disc >= 0, t, torch.full_like(t, BIG))
 
 
 
 
-def _face_front_z(scene: _Scene, x: torch.Tensor, y: torch.Tensor, names: Sequence[str] | None = None):
+def _face_front_z(scene: Scene, x: torch.Tensor, y: torch.Tensor, names: Sequence[str] | None = None):
     """Front surface z in head-local coordinates over the face primitives at points (x, y) [B,L]."""
-    best = torch.full_like(x, _BIG)
+    best = torch.full_like(x, BIG)
     for p in scene.prims:
         if p.kind != "ell" or p.frame != "head" or not (p.face or p.contour) or p.eye:
             continue
         if names is not None and p.name not in names:
             continue
         t = _front_z_ellipsoid(x, y, p.center, p.axes, p.rot)
-        t = torch.where(p.enabled[:, None] > 0, t, torch.full_like(t, _BIG))
+        t = torch.where(p.enabled[:, None] > 0, t, torch.full_like(t, BIG))
         best = torch.minimum(best, t)
-    return torch.where(best >= _BIG, torch.zeros_like(best), best)
+    return torch.where(best >= BIG, torch.zeros_like(best), best)
 
 
-def _half_width(scene: _Scene, y: torch.Tensor) -> torch.Tensor:
+def _half_width(scene: Scene, y: torch.Tensor) -> torch.Tensor:
     """Half-width of the face outline at height y [B,n] (max over contour primitives)."""
     hw = torch.zeros_like(y)
     for p in scene.prims:
@@ -56,7 +56,7 @@ def _half_width(scene: _Scene, y: torch.Tensor) -> torch.Tensor:
     return hw
 
 
-def _eye_points(scene: _Scene, P, E, side: float):
+def _eye_points(scene: Scene, P, E, side: float):
     """Head-local [B,5,3]: outer, top, inner, bottom, pupil of one eye (side -1 right, +1 left)."""
     c = scene.geo["eye_c_l"] if side > 0 else scene.geo["eye_c_r"]
     th = scene.geo["eye_rot_l"] if side > 0 else scene.geo["eye_rot_r"]
@@ -89,7 +89,7 @@ def _eye_points(scene: _Scene, P, E, side: float):
     return torch.stack([outer, top, inner, bottom, pupil], 1)
 
 
-def _landmarks_3d(scene: _Scene, P: dict[str, torch.Tensor], E: torch.Tensor) -> torch.Tensor:
+def head_landmarks(scene: Scene, P: dict[str, torch.Tensor], E: torch.Tensor) -> torch.Tensor:
     """Head-local landmark positions [B,L,3] (see LANDMARK_NAMES)."""
     geo = scene.geo
     B = E.shape[0]
@@ -199,12 +199,12 @@ def _landmarks_3d(scene: _Scene, P: dict[str, torch.Tensor], E: torch.Tensor) ->
     return pts
 
 
-def _project(pts: torch.Tensor, cam: _Cam) -> torch.Tensor:
+def project(pts: torch.Tensor, cam: Cam) -> torch.Tensor:
     """Head-local [B,L,3] -> pixel-scaled camera [B,L,3] (x, y pixels, z depth)."""
     return torch.einsum("bij,blj->bli", cam.M_head, pts) + cam.origin[:, None, :]
 
 
-def _visibility(pc: torch.Tensor, layers: _Layers, cam: _Cam, size: int) -> torch.Tensor:
+def landmark_visibility(pc: torch.Tensor, layers: Layers, cam: Cam, size: int) -> torch.Tensor:
     B, L, _ = pc.shape
     x, y = pc[..., 0], pc[..., 1]
     inside = (x >= -0.5) & (x <= size - 0.5) & (y >= -0.5) & (y <= size - 0.5)
@@ -212,7 +212,7 @@ def _visibility(pc: torch.Tensor, layers: _Layers, cam: _Cam, size: int) -> torc
     yi = y.round().long().clamp(0, size - 1)
     bi = torch.arange(B)[:, None].expand(B, L)
     # front-most depth in a 3x3 neighbourhood (robust to rounding at steep surfaces)
-    zmax = torch.full((B, L), -_BIG)
+    zmax = torch.full((B, L), -BIG)
     for oy in (-1, 0, 1):
         for ox in (-1, 0, 1):
             zz = layers.z1[bi, (yi + oy).clamp(0, size - 1), (xi + ox).clamp(0, size - 1)]

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 import torch
 
 from ..geometry import euler_to_rotation_matrix
-from .scene import _BIG, _Scene, _b
+from .scene import BIG, Scene, bhw
 
 
-class _Layers:
+class Layers:
     """Two-deep fragment buffer. Layer 1 channels: z, alpha, primitive id, shade, aux, specular, X (3,
     head-local surface point for decals); layer 2 keeps the first five."""
 
     def __init__(self, B: int, H: int, W: int):
         self.L1 = torch.zeros(B, 9, H, W)
-        self.L1[:, 0] = _BIG
+        self.L1[:, 0] = BIG
         self.L1[:, 2] = -1
         self.L2 = self.L1[:, :5].clone()
         self.bbox: dict[int, tuple[int, int, int, int]] = {}   # primitive -> (y0, y1, x0, x1) drawn region
@@ -35,7 +35,7 @@ class _Layers:
     ax2 = property(lambda s: s.L2[:, 4])
 
     def insert(self, y0: int, y1: int, x0: int, x1: int, k: int, z, a, X, sh, sp, aux) -> None:
-        z = torch.where(a > 0.002, z, _BIG)
+        z = torch.where(a > 0.002, z, BIG)
         F = torch.cat([z[:, None], a[:, None], torch.full_like(a, float(k))[:, None], sh[:, None], aux[:, None],
                        sp[:, None], X], 1)
         L1 = self.L1[:, :, y0:y1, x0:x1]
@@ -47,7 +47,7 @@ class _Layers:
 
 
 @dataclass
-class _Cam:
+class Cam:
     M_head: torch.Tensor    # [B,3,3] head-local -> pixel-scaled camera
     M_body: torch.Tensor    # [B,3,3]
     origin: torch.Tensor    # [B,3] pixel position of the head origin (z = 0)
@@ -55,7 +55,7 @@ class _Cam:
     R: torch.Tensor         # [B,3,3]
 
 
-def _camera(P: dict[str, torch.Tensor], pose: torch.Tensor, size: int) -> _Cam:
+def make_camera(P: dict[str, torch.Tensor], pose: torch.Tensor, size: int) -> Cam:
     yaw, pitch, roll, tx, ty, sc = pose.unbind(-1)
     R = euler_to_rotation_matrix(yaw, pitch, roll, order="xyz").to(torch.float32)
     ppu = size / 2.0 * P["s_norm"] * sc
@@ -63,31 +63,31 @@ def _camera(P: dict[str, torch.Tensor], pose: torch.Tensor, size: int) -> _Cam:
     oy = (1.0 + P["ty0"] + ty) * size / 2.0 - 0.5
     origin = torch.stack([ox, oy, torch.zeros_like(ox)], -1)
     eye3 = torch.eye(3).expand_as(R)
-    return _Cam(R * ppu[:, None, None], eye3 * ppu[:, None, None], origin, ppu, R)
+    return Cam(R * ppu[:, None, None], eye3 * ppu[:, None, None], origin, ppu, R)
 
 
 def _shade(n: torch.Tensor, P: dict[str, torch.Tensor], glossy: float) -> tuple[torch.Tensor, torch.Tensor]:
     """n [B,3,h,w] unit camera normals -> shade, specular [B,h,w]."""
     L = P["light"]
     ndl = (n * L[:, :, None, None]).sum(1)
-    w = _b(P["wrap"])
+    w = bhw(P["wrap"])
     diff = ((ndl + w) / (1 + w)).clamp(min=0.0)
     facing = (-n[:, 2]).clamp(0.0, 1.0)
-    sh = _b(P["ambient"]) * (0.75 + 0.25 * facing) + _b(P["diffuse"]) * diff + _b(P["rim"]) * (1 - facing) ** 3
+    sh = bhw(P["ambient"]) * (0.75 + 0.25 * facing) + bhw(P["diffuse"]) * diff + bhw(P["rim"]) * (1 - facing) ** 3
     if glossy > 0:
         H = L + torch.tensor([0.0, 0.0, -1.0])
         H = H / H.norm(dim=-1, keepdim=True)
         ndh = (n * H[:, :, None, None]).sum(1).clamp(min=0.0)
-        sp = _b(P["spec"]) * glossy * ndh.pow(48.0)
+        sp = bhw(P["spec"]) * glossy * ndh.pow(48.0)
     else:
         sp = torch.zeros_like(sh)
     return sh, sp
 
 
-def _raster(scene: _Scene, cam: _Cam, P: dict[str, torch.Tensor], size: int) -> _Layers:
+def rasterise(scene: Scene, cam: Cam, P: dict[str, torch.Tensor], size: int) -> Layers:
     B = cam.ppu.shape[0]
     H = W = size
-    layers = _Layers(B, H, W)
+    layers = Layers(B, H, W)
     for k, pr in enumerate(scene.prims):
         en = pr.enabled > 0
         if not bool(en.any()):
@@ -128,7 +128,7 @@ def _raster(scene: _Scene, cam: _Cam, P: dict[str, torch.Tensor], size: int) -> 
             gx = (A0[:, :, None, None] * Pp).sum(1)
             gy = (A1[:, :, None, None] * Pp).sum(1)
             grad = 2.0 * torch.hypot(gx, gy) + 1e-9
-            alpha = (0.5 + g / grad).clamp(0.0, 1.0) * _b(pr.enabled)
+            alpha = (0.5 + g / grad).clamp(0.0, 1.0) * bhw(pr.enabled)
             sg = g.clamp(min=0.0).sqrt()
             U = Pp - sg[:, None] * dh[:, :, None, None]
             s = c0[:, None, None] * dx[:, None, :] + c1[:, None, None] * dy[:, :, None] - (dn * ok[:, 2])[:, None, None]
@@ -144,9 +144,9 @@ def _raster(scene: _Scene, cam: _Cam, P: dict[str, torch.Tensor], size: int) -> 
             det = torch.where(det.abs() < 1e-6, torch.full_like(det, 1e-6), det)
             j00, j01 = Me2[:, 1] / det, -Me2[:, 0] / det
             j10, j11 = -Me1[:, 1] / det, Me1[:, 0] / det
-            A = _b(j00) * dx[:, None, :] + _b(j01) * dy[:, :, None]
-            Bc = _b(j10) * dx[:, None, :] + _b(j11) * dy[:, :, None]
-            z = _b(ok[:, 2]) + A * _b(Me1[:, 2]) + Bc * _b(Me2[:, 2])
+            A = bhw(j00) * dx[:, None, :] + bhw(j01) * dy[:, :, None]
+            Bc = bhw(j10) * dx[:, None, :] + bhw(j11) * dy[:, :, None]
+            z = bhw(ok[:, 2]) + A * bhw(Me1[:, 2]) + Bc * bhw(Me2[:, 2])
 
             def tri_sd(a_, b_, scale):
                 out = None
@@ -155,27 +155,27 @@ def _raster(scene: _Scene, cam: _Cam, P: dict[str, torch.Tensor], size: int) -> 
                     na_, nb_ = na / l, nb / l
                     e = (na_ * a_ + nb_ * b_) - off / l
                     gn = ((j00 * na_ + j10 * nb_) ** 2 + (j01 * na_ + j11 * nb_) ** 2).sqrt() / scale
-                    sd = e / _b(gn)
+                    sd = e / bhw(gn)
                     out = sd if out is None else torch.maximum(out, sd)
                 return out
 
             def disc_sd(a_, b_, scale):
                 f = a_ * a_ + b_ * b_ - 1.0
-                gxp = _b(j00) * 2 * a_ + _b(j10) * 2 * b_
-                gyp = _b(j01) * 2 * a_ + _b(j11) * 2 * b_
+                gxp = bhw(j00) * 2 * a_ + bhw(j10) * 2 * b_
+                gyp = bhw(j01) * 2 * a_ + bhw(j11) * 2 * b_
                 return f / ((gxp * gxp + gyp * gyp).sqrt() / scale + 1e-9)
 
-            pt = _b(pr.pointed) > 0.5
+            pt = bhw(pr.pointed) > 0.5
             sd = torch.where(pt, tri_sd(A, Bc, 1.0), disc_sd(A, Bc, 1.0))
             cr = torch.cross(Me1, Me2, dim=-1)
             nrm = cr / cr.norm(dim=-1, keepdim=True).clamp(min=1e-9)
             edge_fade = (nrm[:, 2].abs() / 0.2).clamp(0.0, 1.0)
-            alpha = (0.5 - sd).clamp(0.0, 1.0) * _b(pr.enabled * edge_fade)
+            alpha = (0.5 - sd).clamp(0.0, 1.0) * bhw(pr.enabled * edge_fade)
             si = 0.62
             Ai, Bi = A / si, 0.5 + (Bc - 0.5) / si
             sdi = torch.where(pt, tri_sd(Ai, Bi, si), disc_sd(Ai, Bi, si))
             facing = (cr[:, 2] > 0).float()
-            aux = (0.5 - sdi).clamp(0.0, 1.0) * _b(facing)
+            aux = (0.5 - sdi).clamp(0.0, 1.0) * bhw(facing)
             nf = nrm * torch.where(nrm[:, 2:3] > 0, -1.0, 1.0)
             e1n = Me1 / Me1.norm(dim=-1, keepdim=True).clamp(min=1e-9)
             n = nf[:, :, None, None] + 0.45 * A[:, None] * e1n[:, :, None, None]

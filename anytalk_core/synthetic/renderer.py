@@ -14,7 +14,8 @@ computed analytically from the same feature geometry, so their projections land 
 visibility is a depth test against the rendered front depth.
 
 Everything is batched over identities of one domain (``render_batch`` groups mixed batches by domain),
-pure torch, float32, deterministic.
+pure torch, float32, deterministic. This module is the public API; the stages live in :mod:`.scene`
+(primitives), :mod:`.raster` (camera, fragment buffer), :mod:`.shading` (decals) and :mod:`.landmarks`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .landmarks import _landmarks_3d, _project, _visibility
+from .landmarks import head_landmarks, project, landmark_visibility
 from .params import (
     DOMAINS,
     NUM_LANDMARKS,
@@ -33,9 +34,9 @@ from .params import (
     expression_tensor,
     pose_tensor,
 )
-from .raster import _camera, _raster
-from .scene import _build_scene, _stack_params
-from .shading import _deferred
+from .raster import make_camera, rasterise
+from .scene import build_scene, stack_params
+from .shading import deferred_shade
 
 __all__ = ["RenderResult", "BatchRenderResult", "render", "render_batch", "landmarks_3d", "landmarks_2d"]
 
@@ -81,14 +82,14 @@ class BatchRenderResult:
 def _render_group(idents: Sequence[Identity], pose: torch.Tensor, expr: torch.Tensor, size: int,
                   parts: bool):
     domain = idents[0].domain
-    P = _stack_params(idents)
-    scene = _build_scene(domain, P, expr)
-    cam = _camera(P, pose, size)
-    layers = _raster(scene, cam, P, size)
+    P = stack_params(idents)
+    scene = build_scene(domain, P, expr)
+    cam = make_camera(P, pose, size)
+    layers = rasterise(scene, cam, P, size)
     key = [id(i) for i in idents]
-    img, mask, prt = _deferred(scene, layers, cam, P, expr, size, parts, key)
-    pc = _project(_landmarks_3d(scene, P, expr), cam)
-    vis = _visibility(pc, layers, cam, size)
+    img, mask, prt = deferred_shade(scene, layers, cam, P, expr, size, parts, key)
+    pc = project(head_landmarks(scene, P, expr), cam)
+    vis = landmark_visibility(pc, layers, cam, size)
     return img, pc[..., :2].contiguous(), vis, mask, prt
 
 
@@ -193,7 +194,7 @@ def _per_domain(identities, expressions, fn):
     with torch.no_grad():
         for dom, idx in groups.items():
             ii = torch.tensor(idx)
-            P = _stack_params([idl[j] for j in idx])
+            P = stack_params([idl[j] for j in idx])
             out[ii] = fn(dom, P, expr[ii].contiguous(), ii)
     return out
 
@@ -201,7 +202,7 @@ def _per_domain(identities, expressions, fn):
 def landmarks_3d(identities: Identity | Sequence[Identity], expressions: Any = None) -> torch.Tensor:
     """Landmarks in head-local coordinates (pose-free, with the expression applied): [B,L,3]
     (x right, y down, z into the screen; head units). A single Identity gives B = 1."""
-    return _per_domain(identities, expressions, lambda dom, P, E, ii: _landmarks_3d(_build_scene(dom, P, E), P, E))
+    return _per_domain(identities, expressions, lambda dom, P, E, ii: head_landmarks(build_scene(dom, P, E), P, E))
 
 
 def landmarks_2d(identities: Identity | Sequence[Identity], poses: Any = None, expressions: Any = None,
@@ -212,7 +213,7 @@ def landmarks_2d(identities: Identity | Sequence[Identity], poses: Any = None, e
     pose = pose_tensor(poses, n)
 
     def fn(dom, P, E, ii):
-        cam = _camera(P, pose[ii], size)
-        return _project(_landmarks_3d(_build_scene(dom, P, E), P, E), cam)
+        cam = make_camera(P, pose[ii], size)
+        return project(head_landmarks(build_scene(dom, P, E), P, E), cam)
 
     return _per_domain(identities, expressions, fn)[..., :2].contiguous()

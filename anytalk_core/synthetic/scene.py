@@ -10,7 +10,7 @@ import torch
 from .params import Identity
 
 
-_BIG = 1.0e6
+BIG = 1.0e6
 
 
 def _rot_x(deg: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def _vec(*comps: Any, like: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
-def _stack_params(idents: Sequence[Identity]) -> dict[str, torch.Tensor]:
+def stack_params(idents: Sequence[Identity]) -> dict[str, torch.Tensor]:
     keys = idents[0].params.keys()
     out: dict[str, torch.Tensor] = {}
     for k in keys:
@@ -51,7 +51,7 @@ def _stack_params(idents: Sequence[Identity]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _b(t: torch.Tensor) -> torch.Tensor:
+def bhw(t: torch.Tensor) -> torch.Tensor:
     """[B] -> [B,1,1] for broadcasting over images."""
     return t.reshape(-1, 1, 1)
 
@@ -81,7 +81,7 @@ class _Prim:
 
 
 @dataclass
-class _Scene:
+class Scene:
     family: str                 # "human" (human and cg_human) or "animal"
     prims: list[_Prim]
     geo: dict[str, torch.Tensor]   # derived feature geometry shared by decals and landmarks ([B] or [B,3])
@@ -99,7 +99,7 @@ def _ell_front_z_at(x, y, center, axes):
     return center[:, 2] - axes[:, 2] * q.clamp(min=0.0).sqrt()
 
 
-def _human_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> _Scene:
+def _human_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     B = E.shape[0]
     one, zero = torch.ones(B), torch.zeros(B)
     eye3 = torch.eye(3).expand(B, 3, 3)
@@ -183,10 +183,10 @@ def _human_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> _Scene:
     g["brow_xm"] = P["eye_x"] + 0.02
     g["hairline"] = torch.maximum(P["hairline"] + P["fringe"], g["brow_y"] - 0.16)
     g["chin_y"] = jaw_c[:, 1] + jaw_ax[:, 1]
-    return _Scene("human", prims, g)
+    return Scene("human", prims, g)
 
 
-def _animal_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> _Scene:
+def _animal_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     B = E.shape[0]
     one, zero = torch.ones(B), torch.zeros(B)
     eye3 = torch.eye(3).expand(B, 3, 3)
@@ -264,8 +264,8 @@ def _animal_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> _Scene:
     g["brow_x"] = P["eye_x"] - 0.02
     g["brow_tilt"] = 0.35 * brow            # radians; >0 inner end up
     g["chin_y"] = chin_c[:, 1] + chin_ax[:, 1]
-    return _Scene("animal", prims, g)
+    return Scene("animal", prims, g)
 
 
-def _build_scene(domain: str, P: dict[str, torch.Tensor], E: torch.Tensor) -> _Scene:
+def build_scene(domain: str, P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     return _animal_scene(P, E) if domain == "animal" else _human_scene(P, E)

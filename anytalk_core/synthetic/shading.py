@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from .raster import _Cam, _Layers
-from .scene import _Scene, _b
+from .raster import Cam, Layers
+from .scene import Scene, bhw
 
 
 def _band(d: torch.Tensor, h: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def _lerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.lerp(a, b, w.unsqueeze(1))
 
 
-def _union_box(layers: _Layers, ks: Sequence[int]) -> tuple[int, int, int, int] | None:
+def _union_box(layers: Layers, ks: Sequence[int]) -> tuple[int, int, int, int] | None:
     boxes = [layers.bbox[k] for k in ks if k in layers.bbox]
     if not boxes:
         return None
@@ -64,13 +64,13 @@ def _background(P: dict[str, torch.Tensor], B: int, size: int, key: list[int] | 
     ax = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     xn = ax[None, None, :].expand(B, size, size)
     yn = ax[None, :, None].expand(B, size, size)
-    sym = _b(P["sym"])
+    sym = bhw(P["sym"])
     xs = xn + (xn.abs() - xn) * sym
-    ang = _b(P["bg_angle"])
+    ang = bhw(P["bg_angle"])
     t = (0.5 + 0.5 * (torch.cos(ang) * xs + torch.sin(ang) * yn)).clamp(0, 1)
     k, ph = P["bg_k"], P["bg_phase"]
-    blot = sum(torch.sin(_b(k[:, 2 * j]) * xs + _b(k[:, 2 * j + 1]) * yn + _b(ph[:, j])) for j in range(3)) / 3
-    shade = (1 + _b(P["bg_amp"]) * 2 * blot) * (1 - 0.18 * (xn * xn + yn * yn))
+    blot = sum(torch.sin(bhw(k[:, 2 * j]) * xs + bhw(k[:, 2 * j + 1]) * yn + bhw(ph[:, j])) for j in range(3)) / 3
+    shade = (1 + bhw(P["bg_amp"]) * 2 * blot) * (1 - 0.18 * (xn * xn + yn * yn))
     bg = _col(P["bg0"]) + (_col(P["bg1"]) - _col(P["bg0"])) * t[:, None]
     return bg * shade[:, None]
 
@@ -78,12 +78,12 @@ def _background(P: dict[str, torch.Tensor], B: int, size: int, key: list[int] | 
 def _texture(X: torch.Tensor, P: dict[str, torch.Tensor]) -> torch.Tensor:
     """Smooth 3-D noise-like pattern in [-1, 1] on head-local points X [B,3,H,W]."""
     x, y, z = X[:, 0], X[:, 1], X[:, 2]
-    sym = _b(P["sym"])
+    sym = bhw(P["sym"])
     xs = x + (x.abs() - x) * sym
     k, ph = P["tex_k"], P["tex_phase"]
     acc = 0
     for j in range(4):
-        acc = acc + torch.sin(_b(k[:, 3 * j]) * xs + _b(k[:, 3 * j + 1]) * y + _b(k[:, 3 * j + 2]) * z + _b(ph[:, j]))
+        acc = acc + torch.sin(bhw(k[:, 3 * j]) * xs + bhw(k[:, 3 * j + 1]) * y + bhw(k[:, 3 * j + 2]) * z + bhw(ph[:, j]))
     return acc * 0.5
 
 
@@ -95,7 +95,7 @@ def _sd_ellipse(dx, dy, rx, ry):
     return f / (2 * (gx * gx + gy * gy).sqrt() + 1e-6)
 
 
-def _eye_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
+def _eye_decals(alb, X, ids, scene: Scene, P, E, pix_u, parts):
     """Sclera, iris, pupil, lids, lashes and catch-lights on the eyeballs (layer-1 pixels)."""
     ir = scene.index("eye_r")
     il = scene.index("eye_l")
@@ -104,17 +104,17 @@ def _eye_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     cr, cl = scene.geo["eye_c_r"], scene.geo["eye_c_l"]
     c = torch.where(is_l[:, None], _col(cl), _col(cr))
     side = torch.where(is_l, 1.0, -1.0)
-    blink = torch.where(is_l, _b(E[:, 2]), _b(E[:, 3]))
-    r = _b(P["eye_r"])
+    blink = torch.where(is_l, bhw(E[:, 2]), bhw(E[:, 3]))
+    r = bhw(P["eye_r"])
     U = (X - c) / r[:, None]
     hx_, uy, hz_ = U[:, 0], U[:, 1], U[:, 2]
-    th = torch.where(is_l, _b(scene.geo["eye_rot_l"]), _b(scene.geo["eye_rot_r"]))
+    th = torch.where(is_l, bhw(scene.geo["eye_rot_l"]), bhw(scene.geo["eye_rot_r"]))
     ct, st = torch.cos(th), torch.sin(th)
     ux = ct * hx_ - st * hz_               # lid frame: R_y(theta)^T u
     uz = st * hx_ + ct * hz_
     pix = pix_u * r                      # pixels per eyeball unit
-    Wd, Hu, Hl = _b(P["eye_w"]), _b(P["eye_hu"]), _b(P["eye_hl"])
-    yc = -_b(P["eye_tilt"]) * ux * side
+    Wd, Hu, Hl = bhw(P["eye_w"]), bhw(P["eye_hu"]), bhw(P["eye_hl"])
+    yc = -bhw(P["eye_tilt"]) * ux * side
     shape = (1 - (ux / Wd) ** 2).clamp(min=0).sqrt()
     y_bot = yc + Hl * shape
     y_top = y_bot - (Hu + Hl) * (1 - blink) * shape
@@ -122,13 +122,13 @@ def _eye_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     opn = _band(uy - 0.5 * (y_top + y_bot), 0.5 * (y_bot - y_top), pix) * front * is_eye.float()
     gz = torch.stack([0.4 * E[:, 5], 0.3 * E[:, 6], -torch.ones_like(E[:, 5])], -1)
     gz = gz / gz.norm(dim=-1, keepdim=True)
-    gx, gy = _b(gz[:, 0]), _b(gz[:, 1])
+    gx, gy = bhw(gz[:, 0]), bhw(gz[:, 1])
     ddx, ddy = hx_ - gx, uy - gy
     rr = (ddx * ddx + ddy * ddy).sqrt()
-    ri = _b(P["iris_r"])
+    ri = bhw(P["iris_r"])
     iris_w = _cov(rr - ri, pix) * opn
-    asp = _b(P["pupil_aspect"]) if "pupil_aspect" in P else torch.ones_like(ri)
-    rp = _b(P["pupil_r"])
+    asp = bhw(P["pupil_aspect"]) if "pupil_aspect" in P else torch.ones_like(ri)
+    rp = bhw(P["pupil_r"])
     sd_p = _sd_ellipse(ddx, ddy, rp * asp, rp)
     pupil_w = _cov(sd_p, pix) * opn
     sclera = torch.tensor([0.93, 0.91, 0.88]).reshape(1, 3, 1, 1)
@@ -136,10 +136,10 @@ def _eye_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     out = _lerp(alb, sclera.expand_as(alb), opn)
     out = _lerp(out, iris_col, iris_w)
     out = _lerp(out, torch.tensor([0.02, 0.015, 0.015]).reshape(1, 3, 1, 1).expand_as(alb), pupil_w)
-    hx = 0.45 * _b(P["light"][:, 0]) * ri          # catch-light towards the light, mirrored with it
-    hl = _cov(((ddx - hx) ** 2 + (ddy + 0.5 * ri) ** 2).sqrt() - 0.17 * ri, pix) * opn * _b(P["highlight"])
+    hx = 0.45 * bhw(P["light"][:, 0]) * ri          # catch-light towards the light, mirrored with it
+    hl = _cov(((ddx - hx) ** 2 + (ddy + 0.5 * ri) ** 2).sqrt() - 0.17 * ri, pix) * opn * bhw(P["highlight"])
     out = _lerp(out, torch.ones_like(alb), hl)
-    lash = _b(P["lash"])
+    lash = bhw(P["lash"])
     sd_lash = torch.maximum((uy - (y_top - lash * 0.5)).abs() - lash * 0.5, ux.abs() - Wd * 1.04)
     lash_w = _cov(sd_lash, pix) * front * is_eye.float()
     low = _cov(torch.maximum((uy - y_bot - lash * 0.12).abs() - lash * 0.12, ux.abs() - Wd * 0.9), pix) * front
@@ -151,7 +151,7 @@ def _eye_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     return out
 
 
-def _human_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
+def _human_face_decals(alb, X, ids, scene: Scene, P, E, pix_u, parts):
     geo = scene.geo
     x, y, z = X[:, 0], X[:, 1], X[:, 2]
     ax = x.abs()
@@ -159,54 +159,54 @@ def _human_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     is_face = ((ids == icr) | (ids == ijaw) | (ids == inose)).float()
     front = (-z * 6).clamp(0, 1) * is_face
     pix = pix_u
-    smile = _b(E[:, 1])
+    smile = bhw(E[:, 1])
     # blush
     bl = torch.exp(-(((ax - 0.42) ** 2) + (y - (0.33 - 0.04 * smile)) ** 2) / (2 * 0.1 ** 2))
-    alb = _lerp(alb, torch.tensor([0.85, 0.35, 0.35]).reshape(1, 3, 1, 1).expand_as(alb), bl * _b(P["blush"]) * front)
+    alb = _lerp(alb, torch.tensor([0.85, 0.35, 0.35]).reshape(1, 3, 1, 1).expand_as(alb), bl * bhw(P["blush"]) * front)
     # eye sockets: slightly darker skin around the eyes
-    ex, ey, er = _b(P["eye_x"]), _b(P["eye_y"]), _b(P["eye_r"])
+    ex, ey, er = bhw(P["eye_x"]), bhw(P["eye_y"]), bhw(P["eye_r"])
     so = torch.exp(-(((ax - ex) / (er * 1.7)) ** 2 + ((y - ey + 0.02) / (er * 1.5)) ** 2))
     alb = alb * (1 - 0.18 * so * front)[:, None]
     # shadow under the nose
-    nb = _b(geo["nose_bottom"])
+    nb = bhw(geo["nose_bottom"])
     sh = torch.exp(-((x / 0.09) ** 2 + ((y - nb - 0.02) / 0.025) ** 2)) * (ids != inose).float() * front
     alb = alb * (1 - 0.2 * sh)[:, None]
     # beard / stubble
-    my = _b(geo["mouth_y"])
-    beard = ((y - nb - 0.02) * 12).clamp(0, 1) * ((0.95 - ax / 0.7) * 4).clamp(0, 1) * front * _b(P["beard"])
+    my = bhw(geo["mouth_y"])
+    beard = ((y - nb - 0.02) * 12).clamp(0, 1) * ((0.95 - ax / 0.7) * 4).clamp(0, 1) * front * bhw(P["beard"])
     alb = _lerp(alb, (_col(P["hair"]) * 0.9).expand_as(alb), beard * (0.6 + 0.4 * _texture(X * 3, P).clamp(-1, 1)))
     # hair on the cranium
     th = torch.atan2(ax, -z)
     t1 = (th / (math.pi / 2)).clamp(0, 1)
     t2 = ((th - math.pi / 2) / (math.pi / 2)).clamp(0, 1)
-    hl = _b(geo["hairline"]) + 0.15 * ax * ax + 0.03 * torch.cos(ax * 23) * (_b(P["fringe"]) > 0).float()
-    hl = hl + _b(P["hair_part"]) * x + (0.05 - hl) * t1 ** 1.6 + 0.5 * t2
+    hl = bhw(geo["hairline"]) + 0.15 * ax * ax + 0.03 * torch.cos(ax * 23) * (bhw(P["fringe"]) > 0).float()
+    hl = hl + bhw(P["hair_part"]) * x + (0.05 - hl) * t1 ** 1.6 + 0.5 * t2
     sd_h = y - hl
-    hair_w = _cov(sd_h, pix * 0.6) * (ids == icr).float() * _b(P["hair_amount"])
-    xs = x + (ax - x) * _b(P["sym"])
-    hair_col = _col(P["hair"]) * (1 + 0.12 * torch.sin(55 * xs + 4 * torch.sin(7 * y)) * _b(_fine(pix_u, 0.11)))[:, None]
+    hair_w = _cov(sd_h, pix * 0.6) * (ids == icr).float() * bhw(P["hair_amount"])
+    xs = x + (ax - x) * bhw(P["sym"])
+    hair_col = _col(P["hair"]) * (1 + 0.12 * torch.sin(55 * xs + 4 * torch.sin(7 * y)) * bhw(_fine(pix_u, 0.11)))[:, None]
     alb = _lerp(alb, hair_col, hair_w)
     # brows
-    t = (ax - _b(geo["brow_xm"])) / _b(P["brow_len"])
-    yb = _b(geo["brow_y"]) - _b(P["brow_arch"]) * (1 - t * t).clamp(min=0) + _b(geo["brow_frown"]) * (1 - t) * 0.5
-    thick = _b(P["brow_th"]) * (1 - 0.45 * t.clamp(min=0)) * 0.5
-    sd_b = torch.maximum((y - yb).abs() - thick, (t.abs() - 1) * _b(P["brow_len"]))
+    t = (ax - bhw(geo["brow_xm"])) / bhw(P["brow_len"])
+    yb = bhw(geo["brow_y"]) - bhw(P["brow_arch"]) * (1 - t * t).clamp(min=0) + bhw(geo["brow_frown"]) * (1 - t) * 0.5
+    thick = bhw(P["brow_th"]) * (1 - 0.45 * t.clamp(min=0)) * 0.5
+    sd_b = torch.maximum((y - yb).abs() - thick, (t.abs() - 1) * bhw(P["brow_len"]))
     brow_w = _cov(sd_b, pix) * front
     alb = _lerp(alb, _col(P["brow_col"]).expand_as(alb), brow_w * 0.92)
     # nostrils (on the nose)
-    nw = _b(geo["nose_w"])
+    nw = bhw(geo["nose_w"])
     sd_n = _sd_ellipse(ax - nw * 0.45, y - (nb - 0.035), nw * 0.32, torch.full_like(nw, 0.018))
     nos_w = _cov(sd_n, pix) * (ids == inose).float()
     alb = _lerp(alb, alb * 0.25, nos_w)
     # mouth: lips, interior, teeth, tongue
-    w = _b(geo["mouth_w"])
+    w = bhw(geo["mouth_w"])
     mx = ax / w
     sq = (1 - mx * mx).clamp(min=0).sqrt()
-    yc = my - _b(geo["smile_k"]) * mx * mx
-    hu = _b(geo["mouth_hu"]) * sq
-    hd = _b(geo["mouth_hd"]) * sq
-    tu = _b(P["lip_u"]) * (0.3 + 0.7 * sq)
-    tl = _b(P["lip_l"]) * (0.3 + 0.7 * sq)
+    yc = my - bhw(geo["smile_k"]) * mx * mx
+    hu = bhw(geo["mouth_hu"]) * sq
+    hd = bhw(geo["mouth_hd"]) * sq
+    tu = bhw(P["lip_u"]) * (0.3 + 0.7 * sq)
+    tl = bhw(P["lip_l"]) * (0.3 + 0.7 * sq)
     side = (mx - 1) * w
     sd_lips = torch.maximum(torch.maximum(yc - hu - tu - y, y - (yc + hd + tl)), side)
     lips_w = _cov(sd_lips, pix) * front
@@ -224,14 +224,14 @@ def _human_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     return alb
 
 
-def _glasses(alb, X, ids, scene: _Scene, P, pix_u):
+def _glasses(alb, X, ids, scene: Scene, P, pix_u):
     x, y, z = X[:, 0], X[:, 1], X[:, 2]
     ax = x.abs()
     recv = torch.zeros_like(x)
     for nm in ("cranium", "jaw", "nose", "eye_r", "eye_l"):
         recv = recv + (ids == scene.index(nm)).float()
-    front = (-z * 5).clamp(0, 1) * recv * _b(P["glasses"])
-    ex, ey, er = _b(P["eye_x"]), _b(P["eye_y"]), _b(P["eye_r"])
+    front = (-z * 5).clamp(0, 1) * recv * bhw(P["glasses"])
+    ex, ey, er = bhw(P["eye_x"]), bhw(P["eye_y"]), bhw(P["eye_r"])
     rx, ry = er * 1.85, er * 1.45
     d = _sd_ellipse(ax - ex, y - ey - 0.02, rx, ry)
     ring = _cov(d.abs() - 0.018, pix_u)
@@ -248,7 +248,7 @@ def _fine(pix_u: torch.Tensor, period: float) -> torch.Tensor:
     return ((pix_u.reshape(-1) * period - 2.5) / 4).clamp(0, 1)
 
 
-def _animal_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
+def _animal_face_decals(alb, X, ids, scene: Scene, P, E, pix_u, parts):
     geo = scene.geo
     x, y, z = X[:, 0], X[:, 1], X[:, 2]
     ax = x.abs()
@@ -258,45 +258,46 @@ def _animal_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     recv = recv + (ids == scene.index("cheek_r")).float() + (ids == scene.index("cheek_l")).float()
     front = (-z * 6).clamp(0, 1) * recv
     pix = pix_u
-    ex, ey, er = _b(P["eye_x"]), _b(P["eye_y"]), _b(P["eye_r"])
+    ex, ey, er = bhw(P["eye_x"]), bhw(P["eye_y"]), bhw(P["eye_r"])
     # stripes on the forehead / crown and on the sides
-    s = torch.sin(_b(P["stripe_freq"]) * (y + 0.12 * torch.cos(5 * x)) + 3 * ax)
+    s = torch.sin(bhw(P["stripe_freq"]) * (y + 0.12 * torch.cos(5 * x)) + 3 * ax)
     region = ((-(y - ey + er * 1.2)) * 5).clamp(0, 1) * (1 - _cov(_sd_ellipse(ax - ex, y - ey, er * 1.6, er * 1.6), pix))
     region = torch.maximum(region, ((ax - 0.55) * 5).clamp(0, 1))
-    st = ((s - 0.35) * 4).clamp(0, 1) * region * is_head * _b(P["stripes"]) * 2
+    st = ((s - 0.35) * 4).clamp(0, 1) * region * is_head * bhw(P["stripes"]) * 2
     alb = _lerp(alb, _col(P["stripe_col"]).expand_as(alb), st.clamp(0, 1))
     # eye patches
-    pw = _cov(_sd_ellipse(ax - ex, y - ey + 0.02, er * 1.55, er * 1.4), pix * 0.5) * is_head * _b(P["eye_patch"])
+    pw = _cov(_sd_ellipse(ax - ex, y - ey + 0.02, er * 1.55, er * 1.4), pix * 0.5) * is_head * bhw(P["eye_patch"])
     alb = _lerp(alb, _col(P["patch_col"]).expand_as(alb), pw * front)
     # blush
-    bw = torch.exp(-(((ax - ex - 0.06) / 0.11) ** 2 + ((y - ey - er - 0.16) / 0.065) ** 2)) * _b(P["blush"])
+    bw = torch.exp(-(((ax - ex - 0.06) / 0.11) ** 2 + ((y - ey - er - 0.16) / 0.065) ** 2)) * bhw(P["blush"])
     alb = _lerp(alb, torch.tensor([0.98, 0.5, 0.55]).reshape(1, 3, 1, 1).expand_as(alb), bw * front * 0.8)
     # brow marks: tilted ellipses (inner end up for brow_raise > 0)
-    bx = ax - _b(geo["brow_x"])
-    by = y - _b(geo["brow_y"])
-    ang = _b(geo["brow_tilt"])
+    bx = ax - bhw(geo["brow_x"])
+    by = y - bhw(geo["brow_y"])
+    ang = bhw(geo["brow_tilt"])
     ca, sa = torch.cos(ang), torch.sin(ang)
     u_ = ca * bx - sa * by
     v_ = sa * bx + ca * by
-    brow_w = _cov(_sd_ellipse(u_, v_, _b(P["brow_len"]), _b(P["brow_th"]) * 0.5), pix) * front * is_head
+    brow_w = _cov(_sd_ellipse(u_, v_, bhw(P["brow_len"]), bhw(P["brow_th"]) * 0.5), pix) * front * is_head
     alb = _lerp(alb, _col(P["brow_col"]).expand_as(alb), brow_w)
     # nostrils on the nose
     nc, nax = geo["nose_c"], geo["nose_ax"]
-    nw, nh = _b(nax[:, 0]), _b(nax[:, 1])
-    nos = _cov(_sd_ellipse(ax - nw * 0.45, y - _b(nc[:, 1]) - nh * 0.3, nw * 0.24, nh * 0.26), pix) * (ids == ino).float()
+    nw, nh = bhw(nax[:, 0]), bhw(nax[:, 1])
+    nos = (_cov(_sd_ellipse(ax - nw * 0.45, y - bhw(nc[:, 1]) - nh * 0.3, nw * 0.24, nh * 0.26), pix)
+           * (ids == ino).float())
     alb = _lerp(alb, alb * 0.3, nos)
     # mouth: philtrum line, omega-shaped mouth line, opening with tongue
-    my, w, op = _b(geo["mouth_y"]), _b(geo["mouth_w"]), _b(geo["mouth_open"])
+    my, w, op = bhw(geo["mouth_y"]), bhw(geo["mouth_w"]), bhw(geo["mouth_open"])
     lw = 0.008
     t = (2 * ax / w - 1)
-    yline = my + 0.035 * (1 - t * t).clamp(min=0) - _b(geo["smile_k"]) * (ax / w) ** 2
+    yline = my + 0.035 * (1 - t * t).clamp(min=0) - bhw(geo["smile_k"]) * (ax / w) ** 2
     in_w = _cov(_sd_ellipse(x, y - my - op * 0.5, w * 0.7, op * 0.5 + 1e-4), pix) * front * (op > 0.004).float()
     tongue = _cov(_sd_ellipse(x, y - my - op * 0.85, w * 0.4, op * 0.3 + 1e-4), pix)
     inner = _lerp(torch.tensor([0.25, 0.05, 0.07]).reshape(1, 3, 1, 1).expand_as(alb),
                   torch.tensor([0.88, 0.4, 0.45]).reshape(1, 3, 1, 1).expand_as(alb), tongue)
     alb = _lerp(alb, inner, in_w)
     line = torch.maximum((y - yline).abs() - lw, ax - w)
-    phil = torch.maximum(ax - lw * 0.8, torch.maximum(_b(geo["nose_bottom"]) - 0.01 - y, y - my))
+    phil = torch.maximum(ax - lw * 0.8, torch.maximum(bhw(geo["nose_bottom"]) - 0.01 - y, y - my))
     line_w = _cov(torch.minimum(line, phil), pix) * front
     alb = _lerp(alb, torch.tensor([0.12, 0.07, 0.07]).reshape(1, 3, 1, 1).expand_as(alb), line_w)
     # whiskers
@@ -304,13 +305,13 @@ def _animal_face_decals(alb, X, ids, scene: _Scene, P, E, pix_u, parts):
     for j in range(3):
         yl = my - 0.05 + 0.045 * j + (j - 1) * 0.25 * (ax - 0.16)
         wk = torch.maximum(wk, _cov(torch.maximum((y - yl).abs() - 0.006, (ax - 0.36).abs() - 0.18), pix))
-    wk = wk * front * _b(P["whiskers"]) * (ids != ino).float()
+    wk = wk * front * bhw(P["whiskers"]) * (ids != ino).float()
     alb = _lerp(alb, _col(P["whisker_col"]).expand_as(alb), wk)
     parts["mouth"] = in_w
     return alb
 
 
-def _deferred(scene: _Scene, layers: _Layers, cam: _Cam, P, E, size: int, parts_out: bool, bg_key=None):
+def deferred_shade(scene: Scene, layers: Layers, cam: Cam, P, E, size: int, parts_out: bool, bg_key=None):
     prims = scene.prims
     B = cam.ppu.shape[0]
     K = len(prims)
@@ -322,7 +323,7 @@ def _deferred(scene: _Scene, layers: _Layers, cam: _Cam, P, E, size: int, parts_
                            float(p.frame == "head")] for p in prims]).expand(B, K, 5)
     ids1, ids2 = layers.id1, layers.id2
     X = layers.X1
-    pix_u = _b(cam.ppu)
+    pix_u = bhw(cam.ppu)
     tbl1 = torch.cat([col, col2, flags], -1) if has_plates else torch.cat([col, flags], -1)
     g1 = _gather(tbl1, ids1)
     alb = g1[:, 0:3]
@@ -336,10 +337,10 @@ def _deferred(scene: _Scene, layers: _Layers, cam: _Cam, P, E, size: int, parts_
     bl2, hd2 = g2[:, -2], g2[:, -1]
     # textures
     tx = _texture(X, P)
-    xs = X[:, 0] + (X[:, 0].abs() - X[:, 0]) * _b(P["sym"])
-    fur = torch.sin(37 * xs + 29 * X[:, 1] + 4 * tx) * _b(_fine(cam.ppu, 0.17)) if scene.family == "animal" else 0
-    mult = 1 + _b(P["tex_amp"]) * (2 * tx + fur) * ws
-    strands = torch.sin(60 * xs + 5 * torch.sin(6 * X[:, 1]) + 2 * tx) * _b(_fine(cam.ppu, 0.105))
+    xs = X[:, 0] + (X[:, 0].abs() - X[:, 0]) * bhw(P["sym"])
+    fur = torch.sin(37 * xs + 29 * X[:, 1] + 4 * tx) * bhw(_fine(cam.ppu, 0.17)) if scene.family == "animal" else 0
+    mult = 1 + bhw(P["tex_amp"]) * (2 * tx + fur) * ws
+    strands = torch.sin(60 * xs + 5 * torch.sin(6 * X[:, 1]) + 2 * tx) * bhw(_fine(cam.ppu, 0.105))
     mult = mult + (0.06 * strands + 0.06 * tx) * wh + 0.04 * tx * wc
     alb = alb * mult[:, None]
     parts: dict[str, torch.Tensor] = {k: torch.zeros(B, size, size) for k in ("mouth", "iris", "eye_open")}
