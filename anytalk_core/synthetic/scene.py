@@ -99,6 +99,27 @@ def _ell_front_z_at(x, y, center, axes):
     return center[:, 2] - axes[:, 2] * q.clamp(min=0.0).sqrt()
 
 
+def _eyeballs(P: dict[str, torch.Tensor], center: torch.Tensor, axes: torch.Tensor, lid: torch.Tensor,
+              prims: list[_Prim]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Append both eyeballs, set into the head ellipsoid (center, axes [B,3]), to ``prims``; their lids are coloured
+    ``lid`` [B,3]. Returns the eye centres [B,3] and their yaw turns [B] (right eye first)."""
+    B = center.shape[0]
+    one, eye3 = torch.ones(B), torch.eye(3).expand(B, 3, 3)
+    a, c = axes[:, 0], axes[:, 2]
+    er = P["eye_r"]
+    eyes, eye_rot = [], []
+    for side, nm, k in ((-1.0, "eye_r", 1), (1.0, "eye_l", 2)):
+        ex = side * P["eye_x"]
+        zs = _ell_front_z_at(ex, P["eye_y"], center, axes)
+        ez = zs + er * P["eye_inset"]
+        ec = torch.stack([ex, P["eye_y"], ez], -1)
+        eyes.append(ec)
+        eye_rot.append(-0.7 * torch.atan2(ex / a ** 2, -zs / c ** 2))
+        prims.append(_Prim("ell", "head", ec, lid, one, torch.stack([er, er, er], -1), eye3, eye=k,
+                           glossy=0.0, name=nm))
+    return eyes, eye_rot
+
+
 def _human_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     B = E.shape[0]
     one, zero = torch.ones(B), torch.zeros(B)
@@ -125,17 +146,7 @@ def _human_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     prims.append(_Prim("ell", "head", nose_c, skin, one, nose_ax, nose_rot, face=True, tex=1, glossy=0.3,
                        name="nose"))
     # eyeballs (the lids are the part of the eyeball outside the lid opening, skin coloured)
-    er = P["eye_r"]
-    eyes, eye_rot = [], []
-    for side, nm, k in ((-1.0, "eye_r", 1), (1.0, "eye_l", 2)):
-        ex = side * P["eye_x"]
-        zs = _ell_front_z_at(ex, P["eye_y"], cranium_c, cranium_ax)
-        ez = zs + er * P["eye_inset"]
-        ec = torch.stack([ex, P["eye_y"], ez], -1)
-        eyes.append(ec)
-        eye_rot.append(-0.7 * torch.atan2(ex / a ** 2, -zs / c ** 2))
-        prims.append(_Prim("ell", "head", ec, skin, one, torch.stack([er, er, er], -1), eye3, eye=k,
-                           glossy=0.0, name=nm))
+    eyes, eye_rot = _eyeballs(P, cranium_c, cranium_ax, skin, prims)
     # ears
     for side, nm in ((-1.0, "ear_r"), (1.0, "ear_l")):
         ec = torch.stack([side * (a * 0.97 + 0.015), P["ear_y"], torch.full((B,), 0.06)], -1)
@@ -216,17 +227,7 @@ def _animal_scene(P: dict[str, torch.Tensor], E: torch.Tensor) -> Scene:
     nose_ax = torch.stack([P["nose_w"], P["nose_h"], P["nose_h"] * 0.9], -1)
     prims.append(_Prim("ell", "head", nose_c, P["nose_col"], one, nose_ax, eye3, face=True, glossy=0.8,
                        name="nose"))
-    er = P["eye_r"]
-    eyes, eye_rot = [], []
-    for side, nm, k in ((-1.0, "eye_r", 1), (1.0, "eye_l", 2)):
-        ex = side * P["eye_x"]
-        zs = _ell_front_z_at(ex, P["eye_y"], head_c, head_ax)
-        ez = zs + er * P["eye_inset"]
-        ec = torch.stack([ex, P["eye_y"], ez], -1)
-        eyes.append(ec)
-        eye_rot.append(-0.7 * torch.atan2(ex / a ** 2, -zs / c ** 2))
-        prims.append(_Prim("ell", "head", ec, fur, one, torch.stack([er, er, er], -1), eye3, eye=k,
-                           glossy=0.0, name=nm))
+    eyes, eye_rot = _eyeballs(P, head_c, head_ax, fur, prims)
     ck = P["cheeks"]
     for side, nm in ((-1.0, "cheek_r"), (1.0, "cheek_l")):
         cc = torch.stack([side * a * 0.58, 0.22 + 0.06 * ck, -0.3 - 0.05 * ck], -1)
