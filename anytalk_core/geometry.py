@@ -9,10 +9,14 @@ the last axis of a grid or keypoint is (x, y, z) with x along width, y along hei
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("anytalk")
+_CPU_SAMPLER_DEVICES: set[str] = set()  # devices whose CPU fallback was announced
 
 __all__ = [
     "bins_to_degrees",
@@ -167,6 +171,10 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     except (NotImplementedError, RuntimeError) as exc:
         if volume.device.type == "cpu" or "grid_sample" not in str(exc) and "grid_sampler" not in str(exc):
             raise
+        if volume.device.type not in _CPU_SAMPLER_DEVICES:
+            _CPU_SAMPLER_DEVICES.add(volume.device.type)
+            log.warning("AnyTalk: %s has no 3D grid-sample kernel; that step runs on the CPU (slower)",
+                        volume.device.type)
         out = F.grid_sample(volume.cpu().float(), grid.cpu().float(), mode="bilinear", padding_mode="zeros",
                             align_corners=False)
         return out.to(device=volume.device, dtype=volume.dtype)

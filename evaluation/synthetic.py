@@ -50,9 +50,10 @@ from anytalk_core.cli import positive_int
 
 from .annotator import (DEFAULT_ANNOTATOR_PATH, AnnotatorError, SyntheticAnnotator, load_annotator,
                         landmark_error_pct, pose_abs_error, to_normalised)
+from .metrics.pixel import l1_distance, mse, psnr_from_mse
 
 __all__ = ["BENCHMARK_TAG", "COLUMNS", "benchmark_rng", "heldout_identity", "driving_clip", "source_image",
-           "l1_error", "psnr", "pair_metrics", "run_benchmark", "mean_row", "add_arguments", "run"]
+           "pair_metrics", "run_benchmark", "mean_row", "add_arguments", "run"]
 
 BENCHMARK_TAG = 0xA770
 ROLE_SOURCE, ROLE_DRIVER, ROLE_MOTION = 1, 2, 3
@@ -105,17 +106,6 @@ def source_image(identity: syn.Identity, clip: syn.Clip, size: int) -> torch.Ten
 # Metrics
 # ------------------------------------------------------------------------------------------------
 
-def l1_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute pixel difference per frame: (N, 3, H, W), (N, 3, H, W) in 0..1 -> (N,)."""
-    return (pred.float() - target.float()).abs().flatten(1).mean(1)
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per frame for images in 0..1 (peak 1): (N, 3, H, W) x 2 -> (N,); identical frames give inf."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(1).double()
-    return (10 * torch.log10(1.0 / mse)).float()  # 1/0 = inf, log10(inf) = inf
-
-
 def pair_metrics(annotator: SyntheticAnnotator, generated: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
                  pose: torch.Tensor, landmarks: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-frame errors of generated frames against the ground truth, the annotator's floor and the static source.
@@ -133,8 +123,8 @@ def pair_metrics(annotator: SyntheticAnnotator, generated: torch.Tensor, target:
     for prefix, idx in (("", torch.arange(n)), ("floor_", torch.arange(n, 2 * n)), ("static_", torch.full((n,), 2 * n))):
         out[prefix + "pose"] = pose_abs_error(read.pose[idx], pose)
         out[prefix + "lmk"] = landmark_error_pct(read.landmarks[idx], gt_lmk, visible)
-    out["l1"] = l1_error(generated, target)
-    out["psnr"] = psnr(generated, target)
+    out["l1"] = l1_distance(generated, target, torch.float32)  # the benchmark's numbers: float32 arithmetic
+    out["psnr"] = psnr_from_mse(mse(generated, target, torch.float32).double()).float()
     return out
 
 

@@ -20,6 +20,14 @@ import os
 from pathlib import Path
 
 log = logging.getLogger("anytalk")
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process (an automatic fallback ran)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +44,13 @@ DEMO_DIRS: list[Path] = [PACK_ROOT / "assets" / "demo"]
 # --------------------------------------------------------------------------------------------------
 
 def optional_module(name: str):
-    """The module ``name`` if ComfyUI provides it in this process, else None (never raises)."""
+    """The module ``name`` if ComfyUI provides it in this process, else None (outside ComfyUI).
+
+    Only a missing module counts as absent; a ComfyUI module that fails while importing raises its own error.
+    """
     try:
         return importlib.import_module(name)
-    except Exception:  # ImportError, or a broken ComfyUI install: behave as if absent
+    except ImportError:
         return None
 
 
@@ -90,8 +101,9 @@ def register_model_folders() -> None:
         for name in MODEL_FOLDERS:
             fp.add_model_folder_path(name, os.path.join(fp.models_dir, name), is_default=True)
         _registered = True
-    except Exception as exc:  # an unexpected folder_paths: listing falls back to the plain folders
-        log.warning("AnyTalk: could not register model folders with ComfyUI (%s)", exc)
+    except Exception as exc:  # noqa: BLE001 - an unexpected folder_paths: listing falls back to the plain folders
+        warn_once("register", "AnyTalk: could not register model folders with ComfyUI (%s); listing %s only",
+                  exc, ", ".join(f"models/{name}" for name in MODEL_FOLDERS))
 
 
 def model_dirs(kind: str) -> list[Path]:
@@ -101,7 +113,9 @@ def model_dirs(kind: str) -> list[Path]:
         register_model_folders()
         try:
             return [Path(p) for p in fp.get_folder_paths(kind)]
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - an unexpected folder_paths: use its models folder
+            warn_once(f"folders:{kind}", "AnyTalk: ComfyUI's folder_paths has no '%s' folders (%s); using %s",
+                      kind, exc, Path(fp.models_dir) / kind)
             return [Path(fp.models_dir) / kind]
     return [_fallback.models / kind]
 
@@ -326,7 +340,9 @@ class Progress:
         if utils is not None and hasattr(utils, "ProgressBar"):
             try:
                 self._bar = utils.ProgressBar(self.total)
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - the node still runs, without a progress bar
+                warn_once("progress", "AnyTalk: ComfyUI's ProgressBar failed (%s); running without a progress bar",
+                          exc)
                 self._bar = None
 
     def update(self, done: int, total: int | None = None) -> None:
@@ -352,26 +368,28 @@ class Progress:
 
 def default_device():
     """ComfyUI's torch device when running inside it, else cuda when available, else cpu."""
+    import torch
+
+    fallback = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mm = model_management()
     if mm is not None:
         try:
             return mm.get_torch_device()
-        except Exception:
-            pass
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure: say which device runs instead
+            warn_once("device", "AnyTalk: ComfyUI's get_torch_device() failed (%s); running on %s instead",
+                      exc, fallback)
+    return fallback
 
 
 def offload_device():
+    import torch
+
     mm = model_management()
     if mm is not None:
         try:
             return mm.unet_offload_device()
-        except Exception:
-            pass
-    import torch
-
+        except Exception as exc:  # noqa: BLE001 - any failure: say which device is used instead
+            warn_once("offload", "AnyTalk: ComfyUI's unet_offload_device() failed (%s); offloading to cpu", exc)
     return torch.device("cpu")
 
 
@@ -384,8 +402,9 @@ def make_patcher(module, load_device, offload):
     try:
         size = mm.module_size(module) if hasattr(mm, "module_size") else 0
         return patcher_mod.ModelPatcher(module, load_device=load_device, offload_device=offload, size=size)
-    except Exception as exc:
-        log.warning("AnyTalk: ComfyUI model management unavailable for this model (%s); using plain .to()", exc)
+    except Exception as exc:  # noqa: BLE001 - any refusal: say that plain .to() runs
+        warn_once("patcher", "AnyTalk: ComfyUI model management unavailable for this model (%s); using plain .to()",
+                  exc)
         return None
 
 
@@ -400,8 +419,8 @@ def load_patcher(patcher) -> bool:
         except TypeError:  # older ComfyUI without the argument
             mm.load_models_gpu([patcher])
         return True
-    except Exception as exc:
-        log.warning("AnyTalk: ComfyUI could not load the model (%s); moving it directly", exc)
+    except Exception as exc:  # noqa: BLE001 - any refusal: say that the model is moved directly
+        warn_once("load", "AnyTalk: ComfyUI could not load the model (%s); moving it directly", exc)
         return False
 
 
@@ -410,8 +429,8 @@ def soft_empty_cache() -> None:
     if mm is not None and hasattr(mm, "soft_empty_cache"):
         try:
             mm.soft_empty_cache()
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - freeing cached memory is best effort
+            warn_once("empty_cache", "AnyTalk: ComfyUI's soft_empty_cache() failed (%s); cached memory kept", exc)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ network (attention backends, streaming in windows), the optional ``audio2motion.
 ``anytalk animate --audio``."""
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import types
@@ -190,16 +191,33 @@ def test_the_xformers_path_agrees_with_sdpa(fake_xformers):
     assert torch.allclose(out, a2m.attention(q, k, v, mask, backend="sdpa"), atol=1e-6)
 
 
-def test_a_missing_xformers_kernel_falls_back_to_sdpa(fake_xformers):
+def test_a_chosen_xformers_without_a_kernel_raises(fake_xformers):
     fake_xformers.no_kernel = True
     (q, k, v), mask = _qkv()
-    out = a2m.attention(q, k, v, mask, backend="xformers")
-    assert fake_xformers.calls == ["cpu"] and a2m.last_attention_backend() == "sdpa"
-    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    with pytest.raises(RuntimeError, match="'xformers' was chosen but xformers cannot run on cpu"):
+        a2m.attention(q, k, v, mask, backend="xformers")
+    assert fake_xformers.calls == ["cpu"]
     net = small_net()
     net.attention_backend = "xformers"
-    windows = torch.randn(1, 12, 9, 24)
-    assert torch.allclose(net(windows), small_net()(windows), atol=1e-6)
+    with pytest.raises(RuntimeError, match="choose 'sdpa' or 'auto'"):
+        net(torch.randn(1, 12, 9, 24))
+
+
+def test_a_chosen_xformers_that_is_not_installed_raises(monkeypatch):
+    monkeypatch.setattr(a2m, "_XFORMERS", [None])
+    (q, k, v), mask = _qkv()
+    with pytest.raises(RuntimeError, match="xformers is not installed"):
+        a2m.attention(q, k, v, mask, backend="xformers")
+
+
+def test_an_automatic_choice_is_logged_once(fake_xformers, monkeypatch, caplog):
+    monkeypatch.setattr(a2m, "_LOGGED", set())
+    (q, k, v), mask = _qkv()
+    with caplog.at_level(logging.INFO, logger="anytalk"):
+        a2m.attention(q, k, v, mask)
+        a2m.attention(q, k, v, mask)
+    lines = [r.getMessage() for r in caplog.records if "attention" in r.getMessage()]
+    assert lines == ["AnyTalk audio-to-motion attention: sdpa (xformers runs only on CUDA when chosen automatically)"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

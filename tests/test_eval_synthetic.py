@@ -17,6 +17,7 @@ from anytalk_core.models.registry import build_model
 from anytalk_eval import annotator as ann
 from anytalk_eval import synthetic as bench
 from anytalk_eval.cli import main
+from anytalk_eval.metrics.pixel import psnr
 
 FAST = dict(seed=3, identities=1, frames=3)
 
@@ -190,7 +191,7 @@ def test_coordinate_conventions():
     assert ann.landmark_error_pct(n[None], (n + torch.tensor([0.02, 0.0]))[None]).item() == pytest.approx(1.0)
     torch.testing.assert_close(ann.pose_abs_error(torch.tensor([[179.0, 0, 0]]), torch.tensor([[-179.0, 0, 0]])),
                                torch.tensor([[2.0, 0, 0]]))
-    assert bench.psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1)).item() == pytest.approx(20.0)
+    assert psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1)).item() == pytest.approx(20.0)
 
 
 # ------------------------------------------------------------------------------------------------ following

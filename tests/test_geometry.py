@@ -1,7 +1,9 @@
 """Geometry against independent computations: rotations, transforms, grids, heatmaps, warps."""
 from __future__ import annotations
 
+import logging
 import math
+import types
 
 import numpy as np
 import pytest
@@ -153,9 +155,30 @@ def test_grid_sample_3d_falls_back_to_the_cpu_where_a_device_lacks_the_3d_kernel
             return torch.Tensor.to(torch.Tensor(self), *args, **{k: v for k, v in kwargs.items() if k != "device"})
 
     monkeypatch.setattr(F, "grid_sample", no_kernel_on_first_call)
-    out = geometry.grid_sample_3d(volume.as_subclass(OnFakeDevice), grid)
+    out = G.grid_sample_3d(volume.as_subclass(OnFakeDevice), grid)
     assert len(calls) >= 2  # the failing call, then the CPU one
     torch.testing.assert_close(torch.Tensor(out), expected)
     monkeypatch.setattr(F, "grid_sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other failure")))
     with pytest.raises(RuntimeError, match="other failure"):
         geometry.grid_sample_3d(volume, grid)
+
+
+def test_a_device_without_a_3d_grid_sampler_runs_it_on_the_cpu_and_says_so_once(monkeypatch, caplog):
+    real = torch.nn.functional.grid_sample
+    volume = torch.rand(1, 2, 3, 4, 5)
+    grid = torch.rand(1, 2, 3, 4, 3) * 2 - 1
+    device_volume = types.SimpleNamespace(device=torch.device("meta"), dtype=torch.float32, cpu=lambda: volume)
+
+    def grid_sample(inp, g, **kwargs):
+        if inp is device_volume:
+            raise NotImplementedError("aten::grid_sampler_3d is not implemented for this device")
+        return real(inp, g, **kwargs)
+
+    monkeypatch.setattr(G, "F", types.SimpleNamespace(grid_sample=grid_sample))
+    monkeypatch.setattr(G, "_CPU_SAMPLER_DEVICES", set())
+    with caplog.at_level(logging.WARNING, logger="anytalk"):
+        for _ in range(2):
+            out = G.grid_sample_3d(device_volume, grid)
+            assert out.device.type == "meta" and out.shape == (1, 2, 2, 3, 4)
+    assert [r.getMessage() for r in caplog.records if r.name == "anytalk"] == [
+        "AnyTalk: meta has no 3D grid-sample kernel; that step runs on the CPU (slower)"]

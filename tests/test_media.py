@@ -4,6 +4,7 @@ All data is generated here (moving colour gradients, sines, solid grey levels) i
 """
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 
@@ -285,6 +286,38 @@ def test_load_image_16bit_png_and_exif(tmp_path):
     assert loaded[0, -1].mean() > 0.8  # the top-left corner moved to the top-right
 
 
+def test_an_unreadable_exif_block_is_ignored_with_one_warning(monkeypatch, caplog):
+    from anytalk_core.media import image as image_module
+
+    def broken(_image):
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr(image_module.ImageOps, "exif_transpose", broken)
+    monkeypatch.setattr(image_module, "_EXIF_WARNED", [])
+    picture = Image.new("RGB", (3, 2), (10, 20, 30))
+    with caplog.at_level(logging.WARNING, logger="anytalk"):
+        assert to_rgb_array(picture).shape == (2, 3, 3)
+        assert to_rgb_array(picture).shape == (2, 3, 3)
+    warned = [r.getMessage() for r in caplog.records if r.name == "anytalk"]
+    assert warned == ["AnyTalk: an image's EXIF block is unreadable (SyntaxError: not a TIFF file); it is used as "
+                      "stored, without rotating it by its EXIF orientation"]
+
+
+def test_to_unit_frames_takes_either_layout_and_scales_uint8_only():
+    from anytalk_core.media.image import to_unit_frames
+
+    u8 = torch.full((2, 5, 4, 3), 255, dtype=torch.uint8)
+    assert to_unit_frames(u8).shape == (2, 3, 5, 4) and to_unit_frames(u8).eq(1).all()
+    floats = torch.full((1, 3, 2, 2), 1.5)
+    assert to_unit_frames(floats).eq(1.5).all()  # not clamped: metrics see what the model made
+    with pytest.raises(ValueError, match="frames contain NaN or infinite values"):
+        to_unit_frames(torch.full((1, 3, 2, 2), float("inf")))
+    with pytest.raises(ValueError, match=r"frames must be \(N, H, W, 3\) or \(N, 3, H, W\)"):
+        to_unit_frames(torch.zeros(3, 2, 2))
+    with pytest.raises(ValueError, match="3 colour channels"):
+        to_unit_frames(torch.zeros(1, 2, 2, 2))
+
+
 def test_image_tensor_to_rgb():
     rgba = torch.zeros(2, 4, 4, 4)
     rgba[..., 3] = 0.0
@@ -394,3 +427,18 @@ def test_wrong_kind_of_media_is_named(tmp_path):
         read_audio(silent)
     with pytest.raises(ValueError, match="unsupported video format"):
         VideoWriter(tmp_path / "clip.avi", FPS)
+
+
+def test_a_missing_preferred_encoder_is_announced(monkeypatch):
+    from anytalk_core.media import video as video_module
+
+    real = video_module.av.Codec
+
+    def codec(name, mode="r"):
+        if name in ("libx264", "h264"):
+            raise video_module.av.codec.codec.UnknownCodecError(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(video_module.av, "Codec", codec)
+    with pytest.warns(UserWarning, match=r"no libx264 encoder: mp4 video is encoded with mpeg4 \(no CRF mode"):
+        assert video_module._first_encoder(("libx264", "h264", "mpeg4"), "video", "mp4") == "mpeg4"

@@ -17,6 +17,7 @@ Conventions, used by every caller (CLI, nodes, trainer, tests):
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,13 +28,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .. import limits
 from ._files import atomic_output, check_input_file
 
-__all__ = ["WHITE", "load_image", "to_rgb_array", "image_tensor_to_rgb", "save_image"]
+__all__ = ["WHITE", "load_image", "to_rgb_array", "image_tensor_to_rgb", "to_unit_frames", "save_image"]
 
 Background = tuple[float, float, float]
 WHITE: Background = (1.0, 1.0, 1.0)
 
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _WIDE_GRAY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_EXIF_WARNED: list[bool] = []  # the unreadable-EXIF fallback is announced once per process
+
+log = logging.getLogger("anytalk")
 
 
 def load_image(path: str | os.PathLike, background: Background | None = WHITE) -> torch.Tensor:
@@ -124,10 +128,14 @@ def save_image(
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip by the EXIF orientation tag; a broken EXIF block is ignored, not fatal."""
+    """Rotate/flip by the EXIF orientation tag; a broken EXIF block is ignored with a warning, not fatal."""
     try:
         return ImageOps.exif_transpose(image) or image
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make an otherwise good image unreadable
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not make an otherwise good image unreadable
+        if not _EXIF_WARNED:
+            _EXIF_WARNED.append(True)
+            log.warning("AnyTalk: an image's EXIF block is unreadable (%s: %s); it is used as stored, without "
+                        "rotating it by its EXIF orientation", type(exc).__name__, exc)
         return image
 
 
@@ -225,11 +233,30 @@ def _check_background(background: Background) -> Background:
 
 def _to_unit_float(t: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 / 255; floats checked for NaN/inf and clamped to 0..1."""
+    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype == torch.uint8):
+        raise ValueError(f"image tensor must be float in 0..1 or uint8, got dtype {t.dtype}")
+    return _unit_values(t, "image tensor contains").clamp(0.0, 1.0)
+
+
+def _unit_values(t: torch.Tensor, subject: str) -> torch.Tensor:
+    """uint8 -> float32 / 255; other dtypes -> float32, refused when not finite (``subject`` starts the message)."""
     if t.dtype == torch.uint8:
         return t.float() / 255.0
-    if t.dtype == torch.bool or not t.is_floating_point():
-        raise ValueError(f"image tensor must be float in 0..1 or uint8, got dtype {t.dtype}")
     t = t.float()
     if not torch.isfinite(t).all():
-        raise ValueError("image tensor contains NaN or infinite values")
-    return t.clamp(0.0, 1.0)
+        raise ValueError(f"{subject} NaN or infinite values")
+    return t
+
+
+def to_unit_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 or float frames (N, H, W, 3) or (N, 3, H, W) -> float32 (N, 3, H, W), uint8 scaled by 1/255.
+
+    Float frames are taken as 0..1 and not clamped (metrics see the values the model made).
+    """
+    if frames.dim() != 4:
+        raise ValueError(f"frames must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(frames.shape)}")
+    if frames.shape[1] != 3 and frames.shape[-1] == 3:
+        frames = frames.permute(0, 3, 1, 2)
+    if frames.shape[1] != 3:
+        raise ValueError(f"frames must have 3 colour channels, got shape {tuple(frames.shape)}")
+    return _unit_values(frames, "frames contain")

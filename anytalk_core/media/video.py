@@ -599,13 +599,17 @@ def _resolve_format(path: Path, format: str | None) -> str:
 
 
 def _first_encoder(names: tuple[str, ...], kind: str, format: str) -> str:
-    """First encoder in ``names`` that this FFmpeg build has."""
+    """First encoder in ``names`` that this FFmpeg build has; a later one than the first is announced (once)."""
     for name in names:
         try:
             av.Codec(name, "w")
-            return name
         except Exception:  # noqa: BLE001 - UnknownCodecError and friends
             continue
+        if name != names[0]:
+            warnings.warn(f"this PyAV/FFmpeg build has no {names[0]} encoder: {format} {kind} is encoded with {name}"
+                          + (" (no CRF mode: crf is ignored, 10 Mbit/s instead)" if name == "mpeg4" else ""),
+                          stacklevel=3)
+        return name
     raise ValueError(f"this PyAV/FFmpeg build has no {kind} encoder for {format} (tried {', '.join(names)})")
 
 

@@ -9,14 +9,16 @@ with that much overlap and keeps each window's interior, which equals one pass o
 float rounding while memory stays that of one window.
 
 Attention goes through :func:`attention`: xformers' memory-efficient kernel on CUDA when xformers is
-installed, ``torch.nn.functional.scaled_dot_product_attention`` otherwise; the choice is made at call time
-and any xformers failure (no CPU kernel, an unsupported shape) falls back to SDPA.
+installed, ``torch.nn.functional.scaled_dot_product_attention`` otherwise; the choice is made at call time.
+An automatic choice logs once which kernel ran (and why xformers did not); an explicitly chosen xformers that
+cannot run (not installed, no kernel for this device/shape) raises instead of switching kernels.
 
 Inputs and outputs are normalised with stored statistics (buffers ``feature_mean``/``feature_std`` and
 ``target_mean``/``target_std``, set by the trainer), so the checkpoint alone maps audio to motion units.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -27,8 +29,12 @@ from .config import AudioToMotionConfig
 
 __all__ = ["AudioToMotion", "attention", "band_mask", "last_attention_backend"]
 
+log = logging.getLogger("anytalk")
+
 _XFORMERS: list = []  # [module or None], looked up once
 _LAST_BACKEND = ["none"]
+_LOGGED: set = set()  # automatic choices already logged (once each)
+_XFORMERS_ERRORS = (NotImplementedError, RuntimeError, ValueError, TypeError, AttributeError)
 
 
 def _xformers_ops():
@@ -56,22 +62,42 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
               backend: str = "auto") -> torch.Tensor:
     """Scaled dot-product attention [B, H, L, D] -> [B, H, L, D] with an optional boolean mask [L, L].
 
-    ``backend``: ``auto`` (xformers on CUDA when installed, else SDPA), ``xformers`` (try it on any
-    device, falling back to SDPA when it has no kernel) or ``sdpa``.
+    ``backend``: ``auto`` (xformers on CUDA when installed, else SDPA; logged once), ``xformers`` (on any
+    device; RuntimeError when it is not installed or has no kernel here) or ``sdpa``.
     """
     if backend not in ("auto", "xformers", "sdpa"):
         raise ValueError(f"attention backend must be auto, xformers or sdpa, got {backend!r}")
+    reason = "xformers runs only on CUDA when chosen automatically"
     if backend == "xformers" or (backend == "auto" and q.is_cuda):
         xops = _xformers_ops()
-        if xops is not None:
+        if xops is None:
+            if backend == "xformers":
+                raise RuntimeError("attention backend 'xformers' was chosen but xformers is not installed (or does "
+                                   "not load with this torch): install a matching xformers or choose 'sdpa'/'auto'")
+            reason = "xformers is not installed"
+        else:
             try:
                 out = _xformers_attention(xops, q, k, v, mask)
-                _LAST_BACKEND[0] = "xformers"
+            except _XFORMERS_ERRORS as exc:  # e.g. no CPU kernel, or a shape/dtype this build does not support
+                if backend == "xformers":
+                    raise RuntimeError(f"attention backend 'xformers' was chosen but xformers cannot run on "
+                                       f"{q.device.type} {q.dtype} {tuple(q.shape)} ({exc}); choose 'sdpa' or "
+                                       "'auto'") from exc
+                reason = f"xformers failed ({type(exc).__name__}: {exc})"
+            else:
+                _ran("xformers", backend, "")
                 return out
-            except (NotImplementedError, RuntimeError, ValueError, TypeError, AttributeError):
-                pass  # e.g. no CPU kernel, or a shape/dtype this build does not support
-    _LAST_BACKEND[0] = "sdpa"
+    _ran("sdpa", backend, reason, fallback=q.is_cuda)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _ran(kernel: str, backend: str, reason: str, fallback: bool = False) -> None:
+    """Record which kernel ran; an automatic choice is logged once per kernel and reason (a fallback as a warning)."""
+    _LAST_BACKEND[0] = kernel
+    if backend == "auto" and (kernel, reason) not in _LOGGED:
+        _LOGGED.add((kernel, reason))
+        log.log(logging.WARNING if fallback else logging.INFO, "AnyTalk audio-to-motion attention: %s%s", kernel,
+                f" ({reason})" if reason else "")
 
 
 def _xformers_attention(xops, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

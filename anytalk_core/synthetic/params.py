@@ -25,7 +25,7 @@ import colorsys
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -136,43 +136,38 @@ class Expression:
         return cls(**dict(zip(EXPRESSION_FIELDS, v)))
 
 
-def pose_tensor(poses: Any, n: int | None = None) -> torch.Tensor:
-    """HeadPose | list[HeadPose] | tensor [6] / [B,6] | None -> float32 tensor [B,6] (broadcast to n)."""
-    if poses is None:
-        t = HeadPose().to_tensor()[None]
-    elif isinstance(poses, HeadPose):
-        t = poses.to_tensor()[None]
-    elif isinstance(poses, torch.Tensor):
-        t = poses.detach().to("cpu", torch.float32).reshape(-1, len(POSE_FIELDS))
-    elif isinstance(poses, np.ndarray):
-        t = torch.as_tensor(poses, dtype=torch.float32).reshape(-1, len(POSE_FIELDS))
-    else:
-        t = torch.stack([p.to_tensor() if isinstance(p, HeadPose) else torch.as_tensor(p, dtype=torch.float32)
-                         for p in poses])
+def _param_tensor(values: Any, cls: type, fields: Sequence[str]) -> torch.Tensor:
+    """``cls`` | list | tensor [F] / [B,F] | numpy | None -> float32 tensor [B,F] (F = len(fields))."""
+    if values is None:
+        return cls().to_tensor()[None]
+    if isinstance(values, cls):
+        return values.to_tensor()[None]
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float32).reshape(-1, len(fields))
+    if isinstance(values, np.ndarray):
+        return torch.as_tensor(values, dtype=torch.float32).reshape(-1, len(fields))
+    return torch.stack([v.to_tensor() if isinstance(v, cls) else torch.as_tensor(v, dtype=torch.float32)
+                        for v in values])
+
+
+def _broadcast(t: torch.Tensor, n: int | None) -> torch.Tensor:
+    """[1,F] -> [n,F] when n asks for more rows; contiguous."""
     if n is not None and t.shape[0] == 1 and n != 1:
         t = t.expand(n, -1)
     return t.contiguous()
+
+
+def pose_tensor(poses: Any, n: int | None = None) -> torch.Tensor:
+    """HeadPose | list[HeadPose] | tensor [6] / [B,6] | None -> float32 tensor [B,6] (broadcast to n)."""
+    return _broadcast(_param_tensor(poses, HeadPose, POSE_FIELDS), n)
 
 
 def expression_tensor(exprs: Any, n: int | None = None) -> torch.Tensor:
     """Expression | list | tensor [7] / [B,7] | None -> clamped float32 tensor [B,7] (broadcast to n)."""
-    if exprs is None:
-        t = Expression().to_tensor()[None]
-    elif isinstance(exprs, Expression):
-        t = exprs.to_tensor()[None]
-    elif isinstance(exprs, torch.Tensor):
-        t = exprs.detach().to("cpu", torch.float32).reshape(-1, len(EXPRESSION_FIELDS))
-    elif isinstance(exprs, np.ndarray):
-        t = torch.as_tensor(exprs, dtype=torch.float32).reshape(-1, len(EXPRESSION_FIELDS))
-    else:
-        t = torch.stack([e.to_tensor() if isinstance(e, Expression) else torch.as_tensor(e, dtype=torch.float32)
-                         for e in exprs])
+    t = _param_tensor(exprs, Expression, EXPRESSION_FIELDS)
     lo = torch.tensor([EXPRESSION_RANGES[f][0] for f in EXPRESSION_FIELDS])
     hi = torch.tensor([EXPRESSION_RANGES[f][1] for f in EXPRESSION_FIELDS])
-    t = torch.maximum(torch.minimum(t, hi), lo)
-    if n is not None and t.shape[0] == 1 and n != 1:
-        t = t.expand(n, -1)
-    return t.contiguous()
+    return _broadcast(torch.maximum(torch.minimum(t, hi), lo), n)
 
 
 RngLike = Union[None, int, np.random.Generator, torch.Generator]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anytalk_core.media.image import to_unit_frames
 from anytalk_core.weights import CheckpointError, read_file
 
 __all__ = [
@@ -100,20 +101,7 @@ def package_file(package: str, *parts: str) -> Path | None:
 def to_float_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Frames (N, H, W, 3) or (N, 3, H, W), uint8 or float in 0..1 -> float32 (N, 3, H, W) in 0..1."""
     t = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
-    if t.dim() == 3:
-        t = t.unsqueeze(0)
-    if t.dim() != 4:
-        raise ValueError(f"frames must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(t.shape)}")
-    if t.shape[1] != 3 and t.shape[-1] == 3:
-        t = t.permute(0, 3, 1, 2)
-    if t.shape[1] != 3:
-        raise ValueError(f"frames must have 3 colour channels, got shape {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t.float() / 255
-    t = t.float()
-    if not torch.isfinite(t).all():
-        raise ValueError("frames contain NaN or infinite values")
-    return t
+    return to_unit_frames(t.unsqueeze(0) if t.dim() == 3 else t)
 
 
 def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
