@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,9 @@ def background_bank() -> list[torch.Tensor]:
     for name in BACKGROUND_IMAGES:
         try:
             a = np.asarray(getattr(data, name)())
-        except Exception:  # a picture this scikit-image cannot provide offline
+        except Exception as exc:  # a picture this scikit-image cannot provide offline (fetched data, a missing extra)
+            warnings.warn(f"head-detector training: scikit-image picture {name!r} is unavailable ({exc}); "
+                          "training without it", RuntimeWarning, stacklevel=2)
             continue
         a = a.astype(np.float32)
         a = a / (255.0 if a.max() > 1.5 else 1.0)
