@@ -13,7 +13,8 @@ import torch
 from anytalk_core.checkpoints import load_model, read_safetensors, save_checkpoint
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
-from anytalk_training.audio2motion import AudioMotionTrainer, pearson, sync_offset
+from anytalk_eval.metrics.sync import pearson, sync_offset
+from anytalk_training.audio2motion import AudioMotionTrainer
 from anytalk_training.cli import main as train_main
 from anytalk_training.config import ConfigError, load_config
 from anytalk_training.trainer import SetupError

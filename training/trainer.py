@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from anytalk_core.checkpoints import CheckpointError, check_state_dict, read_weights, save_checkpoint
+from anytalk_core.dicts import deep_update
 from anytalk_core.models.config import DiscriminatorConfig, ModelConfig, tiny_config
 from anytalk_core.models.registry import build_model, get_family
 
@@ -138,7 +139,7 @@ def build_model_config(config: dict) -> ModelConfig:
             base = ModelConfig.from_dict(d)
     if m["overrides"]:
         d = base.to_dict()
-        _deep_update(d, json.loads(json.dumps(m["overrides"])))
+        deep_update(d, json.loads(json.dumps(m["overrides"])))
         try:
             base = ModelConfig.from_dict(d)
         except (ValueError, TypeError) as exc:
@@ -146,14 +147,6 @@ def build_model_config(config: dict) -> ModelConfig:
     if base.discriminator is None:
         base.discriminator = DiscriminatorConfig()
     return base
-
-
-def _deep_update(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
 
 
 def read_initial_weights(path: str) -> tuple[dict, "object | None"]:
