@@ -264,7 +264,7 @@ def test_talking_head_training_from_a_checkpoint_with_an_audio_part_drops_it_wit
     from anytalk_core.audio_motion import attach_audio2motion
     from anytalk_core.models.audio2motion import AudioToMotion
     from anytalk_core.models.config import AudioToMotionConfig
-    from anytalk_training.trainer import load_initial_weights
+    from anytalk_training.model_init import load_initial_weights
 
     torch.manual_seed(0)
     model = build_model(tiny_config(), with_discriminator=True)
