@@ -58,6 +58,7 @@ from anytalk_eval.metrics.sync import mouth_metrics
 from .audio_data import AudioClip, MotionTeacher, load_clips, normalise_audio_source, video_files
 from .checkpointing import EpochMultiStepLR, TrainStateError, read_resume_state, save_train_state
 from .config import ConfigError, config_hash, public
+from .settings import RunSettings
 from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
 
 __all__ = ["AudioMotionTrainer"]
@@ -66,8 +67,8 @@ __all__ = ["AudioMotionTrainer"]
 class AudioMotionTrainer(RunLoop):
     """``AudioMotionTrainer(config, resume=...).fit()``; every check happens in the constructor."""
 
-    def _init_device(self, config: dict) -> DistInfo:
-        want = str(config["device"])
+    def _init_device(self, run: RunSettings) -> DistInfo:
+        want = run.device
         if want == "auto":
             return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         device = torch.device(want)
@@ -76,9 +77,9 @@ class AudioMotionTrainer(RunLoop):
         return DistInfo(device=device)
 
     def _setup(self, resume: bool | str) -> None:
-        cfg, t = self.cfg, self.cfg["train"]
+        cfg, t = self.cfg, self.run.train
         resume_path = self._resume_path(resume)
-        if cfg["deterministic"]:
+        if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         target = cfg["target"]
         self.init_from = os.path.expanduser(cfg["model"]["init_from"])
@@ -126,12 +127,12 @@ class AudioMotionTrainer(RunLoop):
         self.extractor = feature_extractor(self.net_config, self.device)
 
         # network, optimiser, schedule
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.net = AudioToMotion(self.net_config).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.optimizers = {"audio2motion": self.opt}
-        self.scheduler = EpochMultiStepLR([self.opt], float(t["lr"]), list(t["lr_milestones"]), float(t["lr_gamma"]))
-        self.total_steps = int(t["steps"])
+        self.scheduler = EpochMultiStepLR([self.opt], t.lr, list(t.lr_milestones), t.lr_gamma)
+        self.total_steps = t.steps
         self.end_step = end_step(t, self.total_steps)
         self.start_step = 0
         if resume_path is not None:
@@ -229,12 +230,12 @@ class AudioMotionTrainer(RunLoop):
     # ----- batches ---------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature windows [B, L, W, F] and targets [B, L, out] of a step (keyed by (seed, step) alone)."""
-        t, aug = self.cfg["train"], self.cfg["augment"]
+        t, aug = self.run.train, self.cfg["augment"]
         g = np.random.default_rng(seed_for(self.cfg["seed"], "batch", step))
-        length = int(t["clip_frames"])
+        length = t.clip_frames
         context = self.net_config.context
         windows, targets = [], []
-        for _ in range(int(t["batch_size"])):
+        for _ in range(t.batch_size):
             clip = self.clips[int(g.integers(len(self.clips)))]
             start = int(g.integers(max(1, clip.n_frames - length + 1)))
             # the audio this crop needs (HOP-aligned so features equal those of the whole clip)
@@ -298,7 +299,7 @@ class AudioMotionTrainer(RunLoop):
         self.bar.set_postfix(loss=f"{means['loss']:.4f}")
 
     def _after_step(self, step: int, result: dict) -> bool:
-        eval_every = int(self.cfg["train"]["eval_every"])
+        eval_every = self.run.train.eval_every
         if self.val_clips and eval_every and step % eval_every == 0 and step != self.end_step:
             self._write_metrics({"step": step, **self.evaluate()})
         return False

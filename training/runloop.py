@@ -23,6 +23,7 @@ from anytalk_core.io_utils import atomic_output, unique_path
 
 from .checkpointing import install_interrupt_handlers, restore_signal_handlers, restore_train_state
 from .config import output_dir
+from .settings import LoopSettings, RunSettings
 
 __all__ = ["RunLoop", "SetupError", "DistInfo", "seed_for", "free_path"]
 
@@ -61,9 +62,9 @@ def free_path(path: str | os.PathLike) -> str:
     return path if not os.path.exists(path) else os.fspath(unique_path(path))
 
 
-def end_step(train: dict, total_steps: int) -> int:
+def end_step(train: LoopSettings, total_steps: int) -> int:
     """The step this invocation stops at: the schedule's end, or ``train.stop_after`` when set."""
-    return min(total_steps, int(train["stop_after"])) if int(train["stop_after"]) > 0 else total_steps
+    return min(total_steps, train.stop_after) if train.stop_after > 0 else total_steps
 
 
 def environment() -> dict:
@@ -86,9 +87,10 @@ class RunLoop:
         self._interrupted = False
         self._log_file = None
         self.tb = None
-        if config["threads"]:
-            torch.set_num_threads(int(config["threads"]))
-        self.dist = self._init_device(config)
+        self.run = RunSettings.from_config(config)
+        if self.run.threads:
+            torch.set_num_threads(self.run.threads)
+        self.dist = self._init_device(self.run)
         self.device = self.dist.device
         self.run_dir = output_dir(config)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -108,7 +110,7 @@ class RunLoop:
             trainer.close()
 
     # ----- what a trainer supplies -------------------------------------------------------------------
-    def _init_device(self, config: dict) -> DistInfo:
+    def _init_device(self, run: RunSettings) -> DistInfo:
         raise NotImplementedError
 
     def _setup(self, resume: bool | str) -> None:
@@ -226,13 +228,13 @@ class RunLoop:
         """Run from the current step to the end of the schedule (or ``train.stop_after``)."""
         from tqdm import tqdm
 
-        t = self.cfg["train"]
+        t = self.run.train
         result = {"run_dir": str(self.run_dir), "start_step": self.start_step}
-        self.bar = tqdm(total=self.end_step, initial=self.start_step, desc=self.cfg["name"], unit="step",
-                        disable=not (self.dist.is_main and t["progress"]), dynamic_ncols=True, file=self.stream)
+        self.bar = tqdm(total=self.end_step, initial=self.start_step, desc=self.run.name, unit="step",
+                        disable=not (self.dist.is_main and t.progress), dynamic_ncols=True, file=self.stream)
         old_handlers = install_interrupt_handlers(self)
         step = self.start_step
-        log_every, ckpt_every = max(1, int(t["log_every"])), int(t["checkpoint_every"])
+        log_every, ckpt_every = max(1, t.log_every), t.checkpoint_every
         window: dict[str, list[float]] = {}
         window_t, window_n, timing = time.time(), 0, []
         try:
@@ -267,7 +269,7 @@ class RunLoop:
         if steady:
             result["steps_per_s"] = len(steady) / sum(steady)
         self._finish(step, result)
-        if step >= self.total_steps and step > self.start_step and t["export"] and not result.get("interrupted"):
+        if step >= self.total_steps and step > self.start_step and t.export and not result.get("interrupted"):
             result["export"] = self._final_export(step, result)
         self.log(f"done at step {step}" + (f", {result['steps_per_s']:.2f} steps/s" if "steps_per_s" in result else ""))
         return result

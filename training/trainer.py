@@ -33,17 +33,18 @@ from .data import DataError, StepBatchSampler, build_dataset, collate
 from .gan import DiscriminatorSide, GeneratorSide, setup_losses
 from .model_init import build_model_config, load_initial_weights, read_initial_weights
 from .pretrained import WeightsError, load_vgg19
+from .settings import RunSettings
 from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
 
 SETUP_ERRORS = (SetupError, ConfigError, DataError, WeightsError, TrainStateError, CheckpointError, FileExistsError)
 
 
-def init_distributed(config: dict) -> DistInfo:
+def init_distributed(run: RunSettings) -> DistInfo:
     """This process's rank and device (under torchrun: joins the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = str(config["device"])
+    want = run.device
     if want == "auto":
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     elif want == "cuda":
@@ -81,15 +82,15 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
 class Trainer(RunLoop):
     """``Trainer(config, resume=...).fit()``; every check happens in the constructor."""
 
-    def _init_device(self, config: dict) -> DistInfo:
-        if config["deterministic"]:
+    def _init_device(self, run: RunSettings) -> DistInfo:
+        if run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-        return init_distributed(config)
+        return init_distributed(run)
 
     # ----- setup -----------------------------------------------------------------------------------
     def _setup(self, resume: bool | str) -> None:
         cfg, main = self.cfg, self.dist.is_main
-        if cfg["train"]["tensorboard"]:
+        if self.run.train.tensorboard:
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
@@ -99,7 +100,7 @@ class Trainer(RunLoop):
         if main:
             self._open_run_dir("checkpoints", "samples")
         self.barrier()
-        if cfg["deterministic"]:
+        if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cuda":  # some CUDA backward kernels (grid_sample) have no deterministic form
                 import warnings
@@ -133,27 +134,27 @@ class Trainer(RunLoop):
 
         # data (a bad folder fails here)
         self.dataset = build_dataset(cfg, self.image_size)
-        t = cfg["train"]
-        self.global_batch = int(t["batch_size"])
-        self.accumulate = int(t["accumulate"])
+        t = self.run.train
+        self.global_batch = t.batch_size
+        self.accumulate = t.accumulate
         if self.global_batch % (self.dist.world * self.accumulate):
             raise SetupError(f"train.batch_size={self.global_batch} must be divisible by processes "
                              f"({self.dist.world}) x train.accumulate ({self.accumulate})")
         self.micro_batch = self.global_batch // (self.dist.world * self.accumulate)
-        spe = int(t["steps_per_epoch"]) or self.dataset.samples_per_epoch // self.global_batch
+        spe = t.steps_per_epoch or self.dataset.samples_per_epoch // self.global_batch
         if spe < 1:
             raise SetupError(f"an epoch of {self.dataset.samples_per_epoch} samples is smaller than one batch of "
                              f"{self.global_batch}: lower train.batch_size or raise data.samples_per_epoch")
         self.dataset.set_samples_per_epoch(spe * self.global_batch)
         self.steps_per_epoch = spe
-        self.total_steps = spe * int(t["epochs"])
+        self.total_steps = spe * t.epochs
         self.end_step = end_step(t, self.total_steps)
 
         # losses and the frozen networks they need (missing files fail here)
         self.losses = setup_losses(self)
 
         # the networks (identical initialisation on every rank)
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.model = build_model(self.model_config, with_discriminator=True)
         self.init_info, init_state = None, None
         if use_init:
@@ -167,7 +168,7 @@ class Trainer(RunLoop):
         if self.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device).train()
-        self.frozen = tuple(t["freeze"])
+        self.frozen = t.freeze
         for name in self.frozen:  # fixed as loaded: no gradients, and batch norm keeps its learned statistics
             getattr(self.model, name).requires_grad_(False).eval()
         if self.frozen:
@@ -176,12 +177,11 @@ class Trainer(RunLoop):
         # optimisers, schedule
         gen_params = [p for name in GENERATOR_MODULES if name not in self.frozen
                       for p in getattr(self.model, name).parameters()]
-        betas = tuple(float(b) for b in t["betas"])
-        self.opt_g = torch.optim.Adam(gen_params, lr=float(t["lr"]), betas=betas)
-        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=float(t["lr"]), betas=betas)
+        betas = tuple(float(b) for b in t.betas)
+        self.opt_g = torch.optim.Adam(gen_params, lr=t.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=t.lr, betas=betas)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
-        self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], float(t["lr"]), list(t["lr_milestones"]),
-                                          float(t["lr_gamma"]))
+        self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], t.lr, list(t.lr_milestones), t.lr_gamma)
         self.start_step = 0
         if init_state is not None and cfg["model"]["init_optimizers"]:
             from .checkpointing import restore_optimizers
@@ -190,9 +190,9 @@ class Trainer(RunLoop):
             self.init_info["note"] += ", optimiser moments loaded"
         if resume_path is not None:
             self._resume(resume_path)
-        if self.start_step >= self.end_step and self.start_step < self.total_steps and int(t["stop_after"]) > 0:
+        if self.start_step >= self.end_step and self.start_step < self.total_steps and t.stop_after > 0:
             raise SetupError(f"the checkpoint is at step {self.start_step}, already at train.stop_after="
-                             f"{t['stop_after']}: raise or clear stop_after to continue")
+                             f"{self.cfg['train']['stop_after']}: raise or clear stop_after to continue")
 
         # DDP wrappers
         self.gen_side = GeneratorSide(self.model, self.losses, cfg)
@@ -226,7 +226,7 @@ class Trainer(RunLoop):
             if source.spec["kind"] == "synthetic":
                 domains += [d for d in source.domains if d not in domains]
 
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.model.to(self.device)
         return warm_up_motion(self.model, self.cfg, domains, self.image_size, self.device, self.log)
 
@@ -234,7 +234,7 @@ class Trainer(RunLoop):
         """Autocast precision (fp32 master weights either way). CUDA: bf16 where supported, else fp16 with a
         GradScaler. CPU: bf16 only where the CPU has bf16 instructions (``cpu_bf16_support``; "auto"), else fp32;
         an explicit bf16 without them runs emulated, which is slower, and says so."""
-        amp = self.cfg["train"]["amp"]
+        amp = self.run.train.amp
         self.amp_dtype = None
         self.amp_note = ""
         if self.device.type == "cuda":
@@ -262,7 +262,7 @@ class Trainer(RunLoop):
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _want_sync_bn(self) -> bool:
-        s = self.cfg["train"]["sync_batchnorm"]
+        s = self.run.train.sync_batchnorm
         if s in (True, "on"):
             if self.device.type != "cuda":
                 raise SetupError("train.sync_batchnorm = on needs CUDA devices (torch's SyncBatchNorm is GPU only)")
@@ -311,7 +311,7 @@ class Trainer(RunLoop):
             self.metrics_path = self.run_dir / "metrics.jsonl"
             return
         self._reset_metrics(resumed)
-        if self.cfg["train"]["tensorboard"]:
+        if self.run.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -346,7 +346,7 @@ class Trainer(RunLoop):
     def _loader(self):
         sampler = StepBatchSampler(self.steps_per_epoch, self.global_batch, self.accumulate, self.dist.world,
                                    self.dist.rank, self.start_step, self.end_step)
-        workers = int(self.cfg["train"]["num_workers"])
+        workers = self.run.train.num_workers
         return torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
             pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -390,7 +390,7 @@ class Trainer(RunLoop):
             p.requires_grad_(flag)
 
     def train_step(self, step: int, batches) -> dict:
-        epoch = step // self.steps_per_epoch + int(self.cfg["train"]["epoch_offset"])  # the schedules' epoch
+        epoch = step // self.steps_per_epoch + self.run.train.epoch_offset  # the schedules' epoch
         if epoch != self.scheduler.last_epoch:
             self.scheduler.apply(epoch)
         acc = self.accumulate
@@ -478,11 +478,11 @@ class Trainer(RunLoop):
 
     def _after_step(self, step: int, result: dict) -> bool:
         """Sample grids, and the wall-clock budget (True once it is spent)."""
-        t = self.cfg["train"]
-        if int(t["sample_every"]) and step % int(t["sample_every"]) == 0:
+        t = self.run.train
+        if t.sample_every and step % t.sample_every == 0:
             self._save_samples(step)
             self._last_sample = step
-        budget = float(t["max_wall_seconds"])
+        budget = t.max_wall_seconds
         over_budget = bool(budget) and self._any_rank(time.time() - self.t0 >= budget)
         if over_budget and not self._interrupted:
             self.log(f"wall-clock budget spent (train.max_wall_seconds = {budget:g}, {time.time() - self.t0:.0f} s "
@@ -492,12 +492,12 @@ class Trainer(RunLoop):
 
     def _after_save(self, step: int) -> None:
         """Epoch snapshots and, under DDP, the parameter check across ranks."""
-        t = self.cfg["train"]
-        if t["snapshot_every_epochs"] and step % self.steps_per_epoch == 0:
+        t = self.run.train
+        if t.snapshot_every_epochs and step % self.steps_per_epoch == 0:
             epoch = step // self.steps_per_epoch
-            if epoch % int(t["snapshot_every_epochs"]) == 0:
+            if epoch % t.snapshot_every_epochs == 0:
                 self.save(step, self.ckpt_dir / f"epoch_{epoch:04d}.safetensors")
-        check = int(t["check_sync_every"])
+        check = t.check_sync_every
         if self.dist.distributed and check and step % check == 0:
             self.check_sync(step)
 
@@ -607,7 +607,7 @@ class Trainer(RunLoop):
             model = build_model(self.model_config, with_discriminator=True)
             model.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
         save_checkpoint(model, target, provenance=self.provenance(step),
-                        include_discriminator=bool(self.cfg["train"]["export_include_discriminator"]))
+                        include_discriminator=self.run.train.export_include_discriminator)
         load_model(target)  # the file must load with the library's own loader
         self.log(f"exported inference checkpoint {target}")
         self.barrier()
