@@ -58,8 +58,8 @@ from anytalk_eval.metrics.sync import mouth_metrics
 from .audio_data import AudioClip, MotionTeacher, load_clips, normalise_audio_source, video_files
 from .checkpointing import EpochMultiStepLR, TrainStateError, read_resume_state, save_train_state
 from .config import ConfigError, config_hash, public
-from .settings import RunSettings
 from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
+from .settings import RunSettings
 
 __all__ = ["AudioMotionTrainer"]
 

@@ -1,9 +1,11 @@
 """The run loop both trainers share: set-up checks, the run folder's logs, resume, the fit loop, signals, close.
 
-A trainer subclasses :class:`RunLoop` and supplies ``_setup`` (every check before the first step), ``_steps``
-(the batch source), ``_step`` (one optimiser step -> values to log), ``_log_window`` (a metrics line),
-``save`` and ``export``; the hooks ``_after_step``, ``_after_save``, ``_finish`` and ``_final_export`` add what only one trainer does
-(samples, held-out evaluation, epoch snapshots, DDP checks).
+A trainer subclasses :class:`RunLoop` and supplies ``_init_device``, ``_setup`` (every check before the first
+step), ``_steps`` (the batch source), ``_step`` (one optimiser step -> values to log), ``_log_window`` (a
+metrics line), ``save`` and ``export``; the hooks ``_after_step``, ``_after_save``, ``_finish`` and
+``_final_export`` add what only one trainer does (samples, held-out evaluation, epoch snapshots, DDP checks).
+The typed settings (:mod:`.settings`) are ``self.run``; the validated config dict, kept for what is written
+to disk, is ``self.cfg``.
 """
 from __future__ import annotations
 

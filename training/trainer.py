@@ -33,8 +33,8 @@ from .data import DataError, StepBatchSampler, build_dataset, collate
 from .gan import DiscriminatorSide, GeneratorSide, setup_losses
 from .model_init import build_model_config, load_initial_weights, read_initial_weights
 from .pretrained import WeightsError, load_vgg19
-from .settings import RunSettings
 from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
+from .settings import RunSettings
 
 SETUP_ERRORS = (SetupError, ConfigError, DataError, WeightsError, TrainStateError, CheckpointError, FileExistsError)
 
