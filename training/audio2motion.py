@@ -81,9 +81,9 @@ class AudioMotionTrainer(RunLoop):
         resume_path = self._resume_path(resume)
         if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        target = cfg["target"]
+        target = self.run.audio.target
         self.init_from = os.path.expanduser(cfg["model"]["init_from"])
-        if target["kind"] == "motion_estimator" and not self.init_from:
+        if target.kind == "motion_estimator" and not self.init_from:
             raise SetupError("target.kind = 'motion_estimator' needs model.init_from: the inference checkpoint whose "
                              "motion estimator gives the targets (and which the export extends), e.g. "
                              "model.init_from=assets/demo/anytalk_demo.safetensors")
@@ -98,7 +98,7 @@ class AudioMotionTrainer(RunLoop):
         self.sources = [normalise_audio_source(s, i, fps, "data.sources") for i, s in enumerate(cfg["data"]["sources"])]
         self.val_sources = [normalise_audio_source(s, i, fps, "data.val_sources")
                             for i, s in enumerate(cfg["data"]["val_sources"])]
-        if target["kind"] == "synthetic" and any(s["kind"] != "synthetic" for s in self.sources + self.val_sources):
+        if target.kind == "synthetic" and any(s["kind"] != "synthetic" for s in self.sources + self.val_sources):
             raise SetupError("target.kind = 'synthetic' needs synthetic sources only (videos have no ground truth); "
                              "use target.kind = 'motion_estimator' with model.init_from for videos")
         for s in self.sources + self.val_sources:  # a bad folder fails before any work
@@ -110,7 +110,7 @@ class AudioMotionTrainer(RunLoop):
         base_config = _base_config(self.init_from) if self.init_from else None
         self.net_config = self._net_config(base_config)
         teacher = None
-        if target["kind"] == "motion_estimator":
+        if target.kind == "motion_estimator":
             cache = Path(os.path.expanduser(cfg["data"]["cache_dir"])) if cfg["data"]["cache_dir"] else \
                 self.run_dir / "motion_cache"
             try:
@@ -144,18 +144,18 @@ class AudioMotionTrainer(RunLoop):
 
 
     def _net_config(self, base: ModelConfig | None) -> AudioToMotionConfig:
-        target = self.cfg["target"]
-        params = list(target["params"]) or (["jaw_open"] if target["kind"] == "synthetic" else [])
+        target = self.run.audio.target
+        params = list(target.params) or (["jaw_open"] if target.kind == "synthetic" else [])
         from anytalk_core.synthetic import EXPRESSION_FIELDS
 
         bad = [p for p in params if p not in EXPRESSION_FIELDS]
         if bad:
             raise ConfigError(f"target.params: unknown fields {bad} (known: {list(EXPRESSION_FIELDS)})")
-        if target["kind"] == "motion_estimator":
+        if target.kind == "motion_estimator":
             fields = dict(family=base.family, num_kp=base.num_kp, with_scale=base.convention.uses_scale)
         else:
             fields = dict(family="synthetic", num_kp=0, with_scale=False)
-        data = {**fields, "predict_pose": bool(target["pose"]), "params": params}
+        data = {**fields, "predict_pose": target.pose, "params": params}
         extra = dict(self.cfg["model"]["audio2motion"])
         clash = sorted(set(extra) & {"family", "num_kp", "predict_pose", "params", "with_scale", "feature_dim",
                                       "feature_rate"})
@@ -230,7 +230,7 @@ class AudioMotionTrainer(RunLoop):
     # ----- batches ---------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature windows [B, L, W, F] and targets [B, L, out] of a step (keyed by (seed, step) alone)."""
-        t, aug = self.run.train, self.cfg["augment"]
+        t, aug = self.run.train, self.run.audio.augment
         g = np.random.default_rng(seed_for(self.cfg["seed"], "batch", step))
         length = t.clip_frames
         context = self.net_config.context
@@ -243,8 +243,8 @@ class AudioMotionTrainer(RunLoop):
             first = int(math.floor((start / clip.fps - margin) * SAMPLE_RATE / HOP)) * HOP
             last = int(math.ceil(((start + length) / clip.fps + margin) * SAMPLE_RATE))
             segment = padded_slice(clip.waveform, first, last)
-            gain = 10 ** (float(g.uniform(-1, 1)) * float(aug["gain_db"]) / 20)
-            noise = float(g.uniform(0, float(aug["noise"])))
+            gain = 10 ** (float(g.uniform(-1, 1)) * aug.gain_db / 20)
+            noise = float(g.uniform(0, aug.noise))
             if noise > 0:
                 segment = segment * gain + noise * torch.from_numpy(g.standard_normal(segment.shape[0]).astype(np.float32))
             else:
@@ -258,7 +258,7 @@ class AudioMotionTrainer(RunLoop):
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted smooth-L1 per output group on normalised values, plus a velocity term."""
-        lw = self.cfg["loss"]
+        lw = self.run.audio.loss
         c = self.net_config
         t = self.net.normalize_target(target)
         known = torch.isfinite(t)
@@ -268,12 +268,12 @@ class AudioMotionTrainer(RunLoop):
                   "params": slice(3 * c.num_kp + c.pose_size, c.output_size)}
         out = {}
         for name, sl in groups.items():
-            if sl.stop > sl.start and float(lw[name]):
-                out[name] = float(lw[name]) * err[..., sl].sum() / known[..., sl].sum().clamp(min=1)
-        if float(lw["velocity"]):
+            if sl.stop > sl.start and getattr(lw, name):
+                out[name] = getattr(lw, name) * err[..., sl].sum() / known[..., sl].sum().clamp(min=1)
+        if lw.velocity:
             both = known[:, 1:] & known[:, :-1]
             dv = (pred[:, 1:] - pred[:, :-1]) - (t[:, 1:] - t[:, :-1])
-            out["velocity"] = float(lw["velocity"]) * (dv.abs() * both).sum() / both.sum().clamp(min=1)
+            out["velocity"] = lw.velocity * (dv.abs() * both).sum() / both.sum().clamp(min=1)
         return out
 
     # ----- loop ------------------------------------------------------------------------------------

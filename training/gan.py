@@ -12,6 +12,7 @@ from .config import GENERATOR_MODULES
 from .expression import build_expression_encoder
 from .pretrained import VGG19_MIN_SIDE, load_hopenet, load_vgg19
 from .runloop import SetupError
+from .settings import LossWeights
 
 __all__ = ["LossSetup", "GeneratorSide", "DiscriminatorSide", "setup_losses"]
 
@@ -32,16 +33,16 @@ class GeneratorSide(nn.Module):
     """Registers the generator-side networks (what DDP synchronises); the discriminator and the frozen
     helper networks are held outside the module tree."""
 
-    def __init__(self, model: nn.Module, setup: LossSetup, config: dict):
+    def __init__(self, model: nn.Module, setup: LossSetup, weights: LossWeights):
         super().__init__()
         for name in GENERATOR_MODULES:
             setattr(self, name, getattr(model, name))
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "_setup", setup)
-        object.__setattr__(self, "_cfg", config)
+        object.__setattr__(self, "_weights", weights)
 
     def forward(self, batch: dict, theta: torch.Tensor, control: torch.Tensor | None, epoch: int):
-        model, setup, cfg = self._model, self._setup, self._cfg
+        model, setup, w = self._model, self._setup, self._weights
         src, drv = batch["source"], batch["driving"]
         b = src.shape[0]
         canonical = model.canonical_keypoints(src)
@@ -57,37 +58,35 @@ class GeneratorSide(nn.Module):
         if setup.perceptual is not None:
             losses["perceptual"] = setup.perceptual(pred, drv)
 
-        lip = cfg["lip_region"]
-        if lip["weight"]:  # set-up refuses it without a perceptual loss
+        lip = w.lip_region
+        if lip.weight:  # set-up refuses it without a perceptual loss
             lips = batch["landmarks"][:, list(syn.LIP_LANDMARKS)]
             losses["lip_region"] = L.region_loss(setup.perceptual, pred, drv, lips, batch["has_landmarks"],
-                                                 float(lip["weight"]), int(lip["size"]), float(lip["margin"]),
-                                                 float(lip["min_extent"]))
+                                                 lip.weight, lip.size, lip.margin, lip.min_extent)
 
-        g = cfg["gan"]
-        if g["generator"] or any(g["feature_matching"]):
+        g = w.gan
+        if g.generator or any(g.feature_matching):
             maps = model.discriminator(torch.cat([drv, pred]))
             real = {k: ([f[:b] for f in feats], p[:b]) for k, (feats, p) in maps.items()}
             fake = {k: ([f[b:] for f in feats], p[b:]) for k, (feats, p) in maps.items()}
-            if g["generator"]:
-                losses["gen_gan"] = L.generator_gan_loss(fake, float(g["generator"]))
-            if any(g["feature_matching"]):
-                losses["feature_matching"] = L.feature_matching_loss(real, fake, [float(w) for w in g["feature_matching"]])
+            if g.generator:
+                losses["gen_gan"] = L.generator_gan_loss(fake, g.generator)
+            if any(g.feature_matching):
+                losses["feature_matching"] = L.feature_matching_loss(real, fake, [float(x) for x in g.feature_matching])
 
-        e = cfg["equivariance"]
-        if e["weight"]:
-            transform = L.EquivarianceTransform(theta, control, int(e["points_tps"]))
+        e = w.equivariance
+        if e.weight:
+            transform = L.EquivarianceTransform(theta, control, e.points_tps)
             transformed = transform.transform_frame(drv)
             raw_t = model.estimate_motion_raw(transformed)
             kp_t = model.motion_keypoints(canonical, model.motion_from_raw(raw_t))
-            losses["equivariance"] = L.equivariance_loss(kp_d, kp_t, transform, float(e["weight"]))
+            losses["equivariance"] = L.equivariance_loss(kp_d, kp_t, transform, e.weight)
 
-        k = cfg["keypoint_prior"]
-        if k["weight"]:
-            losses["keypoint_prior"] = L.keypoint_prior_loss(kp_d, float(k["weight"]), float(k["distance_threshold"]),
-                                                             float(k["depth_target"]))
+        k = w.keypoint_prior
+        if k.weight:
+            losses["keypoint_prior"] = L.keypoint_prior_loss(kp_d, k.weight, k.distance_threshold, k.depth_target)
 
-        ks = float(cfg["keypoint_supervision"]["weight"])
+        ks = w.keypoint_supervision.weight
         if ks and "landmarks" in batch:
             mask = batch["has_landmarks"]
             losses["keypoint_supervision"] = 0.5 * (
@@ -103,22 +102,21 @@ class GeneratorSide(nn.Module):
                 use_gt = mask.view(-1, 1) if setup.prefer_ground_truth else torch.zeros_like(mask.view(-1, 1))
                 target = torch.where(use_gt, target, teacher)
                 mask = torch.ones_like(mask)
-            losses["head_pose"] = L.head_pose_loss(angles, target.detach(), float(cfg["head_pose"]["weight"]), mask)
+            losses["head_pose"] = L.head_pose_loss(angles, target.detach(), w.head_pose.weight, mask)
 
-        warp = cfg["warp"]
-        if warp["weight"]:
-            losses["warp"] = L.warp_loss(src, drv, out["deformation"], float(warp["weight"]),
-                                         [float(x) for x in warp["scales"]])
+        warp = w.warp
+        if warp.weight:
+            losses["warp"] = L.warp_loss(src, drv, out["deformation"], warp.weight, [float(x) for x in warp.scales])
 
-        d = cfg["deformation_prior"]
-        if d["weight"]:
-            w = L.deformation_prior_weight(epoch, float(d["weight"]), int(d["decay_start_epoch"]),
-                                           int(d["decay_every_epochs"]), float(d["decay_initial_drop"]), float(d["floor"]))
-            losses["deformation_prior"] = L.deformation_prior_loss(raw_d["exp"], w)
+        d = w.deformation_prior
+        if d.weight:
+            weight = L.deformation_prior_weight(epoch, d.weight, d.decay_start_epoch, d.decay_every_epochs,
+                                                d.decay_initial_drop, d.floor)
+            losses["deformation_prior"] = L.deformation_prior_loss(raw_d["exp"], weight)
 
         if setup.expression is not None:
             losses["expression"] = L.expression_consistency_loss(setup.expression, drv, pred,
-                                                                 float(cfg["expression"]["weight"]))
+                                                                 w.expression.weight)
         return losses, {"prediction": pred, "kp_driving": kp_d, "kp_source": kp_s}
 
 

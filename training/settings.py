@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["LoopSettings", "TalkingHeadTrain", "AudioTrain", "RunSettings"]
+__all__ = ["LoopSettings", "TalkingHeadTrain", "AudioTrain", "LossWeights", "AudioTask", "RunSettings"]
 
 
 _CAST = {"int": int, "float": float}
@@ -75,6 +75,131 @@ class AudioTrain(LoopSettings):
 
 
 @dataclass(frozen=True)
+class Perceptual:
+    weights: tuple[float, ...]
+    scales: tuple[float, ...]
+    vgg19_weights: str
+    fallback: str
+
+
+@dataclass(frozen=True)
+class Gan:
+    mode: str
+    generator: float
+    discriminator: float
+    feature_matching: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Equivariance:
+    weight: float
+    sigma_affine: float
+    sigma_tps: float
+    points_tps: int
+
+
+@dataclass(frozen=True)
+class Weight:
+    weight: float
+
+
+@dataclass(frozen=True)
+class Warp:
+    weight: float
+    scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class LipRegion:
+    weight: float
+    size: int
+    margin: float
+    min_extent: float
+
+
+@dataclass(frozen=True)
+class KeypointPrior:
+    weight: float
+    distance_threshold: float
+    depth_target: float
+
+
+@dataclass(frozen=True)
+class HeadPose:
+    weight: float
+    source: str
+    hopenet_weights: str
+    ground_truth_signs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DeformationPrior:
+    weight: float
+    decay_start_epoch: int
+    decay_every_epochs: int
+    decay_initial_drop: float
+    floor: float
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The talking-head task's loss tables (training/config.py DEFAULTS documents each key)."""
+
+    perceptual: Perceptual
+    gan: Gan
+    equivariance: Equivariance
+    keypoint_supervision: Weight
+    warp: Warp
+    lip_region: LipRegion
+    keypoint_prior: KeypointPrior
+    head_pose: HeadPose
+    deformation_prior: DeformationPrior
+    expression: Weight
+
+    @classmethod
+    def from_config(cls, config: dict) -> LossWeights:
+        return cls(**{f.name: _section(_TYPES[f.type], config[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    pose: bool
+    params: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AudioLoss:
+    expression: float
+    pose: float
+    params: float
+    velocity: float
+
+
+@dataclass(frozen=True)
+class Augment:
+    noise: float
+    gain_db: float
+
+
+@dataclass(frozen=True)
+class AudioTask:
+    """The audio-to-motion task's target, loss weights and augmentation (training/config.py AUDIO2MOTION_DEFAULTS)."""
+
+    target: Target
+    loss: AudioLoss
+    augment: Augment
+
+    @classmethod
+    def from_config(cls, config: dict) -> AudioTask:
+        return cls(**{f.name: _section(_TYPES[f.type], config[f.name]) for f in fields(cls)})
+
+
+_TYPES = {c.__name__: c for c in (Perceptual, Gan, Equivariance, Weight, Warp, LipRegion, KeypointPrior, HeadPose,
+                                  DeformationPrior, Target, AudioLoss, Augment)}
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """A run's top-level keys and its typed ``train`` table."""
 
@@ -85,11 +210,16 @@ class RunSettings:
     threads: int
     deterministic: bool
     train: TalkingHeadTrain | AudioTrain
+    losses: LossWeights | None  # the talking-head task's; None for audio2motion
+    audio: AudioTask | None  # the audio-to-motion task's; None for talking_head
 
     @classmethod
     def from_config(cls, config: dict) -> RunSettings:
         """The settings of a config :func:`.config.load_config` returned (validated already)."""
         task = str(config.get("task", "talking_head"))
-        train = _section(AudioTrain if task == "audio2motion" else TalkingHeadTrain, config["train"])
+        audio = task == "audio2motion"
+        train = _section(AudioTrain if audio else TalkingHeadTrain, config["train"])
         return cls(task=task, name=str(config["name"]), seed=int(config["seed"]), device=str(config["device"]),
-                   threads=int(config["threads"]), deterministic=bool(config["deterministic"]), train=train)
+                   threads=int(config["threads"]), deterministic=bool(config["deterministic"]), train=train,
+                   losses=None if audio else LossWeights.from_config(config),
+                   audio=AudioTask.from_config(config) if audio else None)

@@ -195,8 +195,8 @@ class Trainer(RunLoop):
                              f"{self.cfg['train']['stop_after']}: raise or clear stop_after to continue")
 
         # DDP wrappers
-        self.gen_side = GeneratorSide(self.model, self.losses, cfg)
-        self.disc_side = DiscriminatorSide(self.model.discriminator, float(cfg["gan"]["discriminator"]))
+        self.gen_side = GeneratorSide(self.model, self.losses, self.run.losses)
+        self.disc_side = DiscriminatorSide(self.model.discriminator, self.run.losses.gan.discriminator)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -358,10 +358,9 @@ class Trainer(RunLoop):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _transform(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        e = self.cfg["equivariance"]
+        e = self.run.losses.equivariance
         g = torch.Generator().manual_seed(seed_for(self.cfg["seed"], "equivariance", step, micro * self.dist.world + self.dist.rank))
-        t = L.EquivarianceTransform.random(self.micro_batch, float(e["sigma_affine"]), float(e["sigma_tps"]),
-                                           int(e["points_tps"]), generator=g)
+        t = L.EquivarianceTransform.random(self.micro_batch, e.sigma_affine, e.sigma_tps, e.points_tps, generator=g)
         cp = t.control_params.to(self.device) if t.control_params is not None else None
         return t.theta.to(self.device), cp
 
@@ -423,7 +422,8 @@ class Trainer(RunLoop):
         self.scaler.step(self.opt_g)
         # discriminator side
         self._set_disc_grad(True)
-        if float(self.cfg["gan"]["discriminator"]) and (self.cfg["gan"]["generator"] or any(self.cfg["gan"]["feature_matching"])):
+        gan = self.run.losses.gan
+        if gan.discriminator and (gan.generator or any(gan.feature_matching)):
             self.opt_d.zero_grad(set_to_none=True)
             power = self._power_iteration_state()
             for m, (batch, pred, _) in enumerate(kept):
