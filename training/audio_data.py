@@ -18,7 +18,7 @@ from anytalk_core.audio_features import prepare_audio
 from anytalk_core.models.config import AudioToMotionConfig
 from anytalk_core.motion import Motion
 
-from .data import DataError
+from .data import DataError, check_source_keys
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 _SYNTH_KEYS = {"kind", "name", "domains", "num_clips", "frames_per_clip", "seed", "fps"}
@@ -54,9 +54,7 @@ def normalise_audio_source(spec: dict, index: int, default_fps: float, origin: s
     if kind == "synthetic":
         from . import synthetic_source as syn
 
-        unknown = set(s) - _SYNTH_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a synthetic source (known: {sorted(_SYNTH_KEYS)})")
+        check_source_keys(s, _SYNTH_KEYS, where)
         s.setdefault("domains", list(syn.DOMAINS))
         s.setdefault("num_clips", 64)
         s.setdefault("frames_per_clip", 100)
@@ -69,9 +67,7 @@ def normalise_audio_source(spec: dict, index: int, default_fps: float, origin: s
         if int(s["num_clips"]) < 1 or int(s["frames_per_clip"]) < 2 or not float(s["fps"]) > 0:
             raise DataError(f"{where}: num_clips must be >= 1, frames_per_clip >= 2 and fps > 0")
     elif kind == "video_folder":
-        unknown = set(s) - _VIDEO_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a video_folder source (known: {sorted(_VIDEO_KEYS)})")
+        check_source_keys(s, _VIDEO_KEYS, where)
         if not s.get("path"):
             raise DataError(f"{where}: a video_folder source needs a 'path' (a folder of talking videos with sound)")
         s["path"] = os.path.expanduser(str(s["path"]))
