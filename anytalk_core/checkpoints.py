@@ -317,8 +317,6 @@ def _fresh_float32(t: torch.Tensor) -> bool:
     return ok_dtype and t.is_contiguous() and t.storage_offset() == 0 and t.data_ptr() % 64 == 0
 
 
-
-
 def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator: bool = False,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                config_overrides: dict | None = None) -> TalkingHeadModel:
