@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from .dicts import deep_update
 from .models.base import TalkingHeadModel
 from .models.config import FORMAT_VERSION, ModelConfig
 from .models.registry import READERS, build_model, get_family
@@ -122,7 +123,7 @@ def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
             raise CheckpointError(f"{weights.path}: not a complete {spec.display_name} checkpoint ({exc})") from None
     if config_overrides:
         merged = config.to_dict()
-        _deep_update(merged, config_overrides)
+        deep_update(merged, config_overrides)
         config = ModelConfig.from_dict(merged)
     state = {k: v for k, v in weights.state.items() if with_discriminator or not k.startswith("discriminator.")}
     # Build on the meta device and adopt the tensors (assign), each copied to fresh (aligned) memory as the
@@ -155,14 +156,6 @@ def _fresh_float32(t: torch.Tensor) -> bool:
     """Already in the form a parameter needs: float32 (or integer), contiguous, own 64-byte-aligned storage."""
     ok_dtype = t.dtype == torch.float32 or not t.is_floating_point()
     return ok_dtype and t.is_contiguous() and t.storage_offset() == 0 and t.data_ptr() % 64 == 0
-
-
-def _deep_update(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
 
 
 def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator: bool = False,

@@ -109,7 +109,7 @@ def audio_mouth_following(model: torch.nn.Module, clips: int = 6, seconds: float
     """
     from anytalk_core import synthetic
     from anytalk_core.engine import Engine, EngineConfig
-    from anytalk_training.audio2motion import mouth_metrics
+    from .metrics.sync import mouth_metrics
 
     engine = Engine(model, EngineConfig(device="cpu"))
     size, n = int(model.config.image_size), int(round(seconds * fps))

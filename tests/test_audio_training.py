@@ -14,7 +14,8 @@ from anytalk_core.checkpoints import load_model, save_checkpoint
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.safetensors_io import read_safetensors
-from anytalk_training.audio2motion import AudioMotionTrainer, pearson, sync_offset
+from anytalk_eval.metrics.sync import pearson, sync_offset
+from anytalk_training.audio2motion import AudioMotionTrainer
 from anytalk_training.cli import main as train_main
 from anytalk_training.config import ConfigError, load_config
 from anytalk_training.trainer import SetupError
@@ -264,7 +265,7 @@ def test_talking_head_training_from_a_checkpoint_with_an_audio_part_drops_it_wit
     from anytalk_core.audio_motion import attach_audio2motion
     from anytalk_core.models.audio2motion import AudioToMotion
     from anytalk_core.models.config import AudioToMotionConfig
-    from anytalk_training.trainer import load_initial_weights
+    from anytalk_training.model_init import load_initial_weights
 
     torch.manual_seed(0)
     model = build_model(tiny_config(), with_discriminator=True)

@@ -334,7 +334,7 @@ def test_motion_warmup_trains_only_the_motion_side_is_seeded_and_survives_resume
     """The warm-up (not in the paper) fits M and the canonical keypoints to renderer ground truth, the same way
     for a seed; the rest of the model is untouched; a resumed run neither repeats it nor loses its report."""
     from anytalk_core.models.registry import build_model
-    from anytalk_training.trainer import build_model_config
+    from anytalk_training.model_init import build_model_config
     from anytalk_training.warmup import warm_up_motion
 
     cfg = load_config(write_config(tmp_path / "w.toml", base_config(tmp_path / "unused", regressor)),

@@ -39,344 +39,51 @@ predicted expression deltas fitted on the training clips' targets against their 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import platform
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anytalk_core.audio_features import (
-    HOP,
-    SAMPLE_RATE,
-    feature_extractor,
-    frame_windows,
-    padded_slice,
-    prepare_audio,
-)
+from anytalk_core.audio_features import HOP, SAMPLE_RATE, feature_extractor, frame_windows, padded_slice
 from anytalk_core.audio_motion import attach_audio2motion, predict_outputs
 from anytalk_core.models.audio2motion import AudioToMotion
 from anytalk_core.models.config import AudioToMotionConfig, ModelConfig
-from anytalk_core.motion import Motion
+from anytalk_eval.metrics.sync import mouth_metrics
 
-from .checkpointing import (EpochMultiStepLR, TrainStateError, install_interrupt_handlers, read_resume_state,
-                            restore_signal_handlers, restore_train_state, save_train_state)
-from .config import ConfigError, config_hash, output_dir, public
-from .data import DataError
-from .trainer import SetupError, free_path, seed_for
+from .audio_data import AudioClip, MotionTeacher, load_clips, normalise_audio_source, video_files
+from .checkpointing import EpochMultiStepLR, TrainStateError, read_resume_state, save_train_state
+from .config import ConfigError, config_hash, public
+from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
+from .settings import RunSettings
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
-_SYNTH_KEYS = {"kind", "name", "domains", "num_clips", "frames_per_clip", "seed", "fps"}
-_VIDEO_KEYS = {"kind", "name", "path", "max_clips"}
-
-__all__ = ["AudioMotionTrainer", "AudioClip", "pearson", "sync_offset", "mouth_metrics", "export_from_checkpoint"]
+__all__ = ["AudioMotionTrainer"]
 
 
-# ------------------------------------------------------------------------------------------------
-# Metrics
-# ------------------------------------------------------------------------------------------------
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two series [N] (0 when either is constant)."""
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    den = float(a.norm() * b.norm())
-    return float((a * b).sum()) / den if den > 0 else 0.0
-
-
-def sync_offset(pairs: list[tuple[torch.Tensor, torch.Tensor]], max_lag: int = 5) -> tuple[int, list[float]]:
-    """Lag (frames) at the peak of the normalised cross-correlation of prediction and truth over clips.
-
-    ``pairs``: (prediction [N], truth [N]) per clip. At lag d, ``prediction[t + d]`` is compared with
-    ``truth[t]``: a positive result means the prediction comes late. Returns (lag, correlation per lag).
-    """
-    corr = []
-    for d in range(-max_lag, max_lag + 1):
-        p = torch.cat([x[max(0, d):x.shape[0] + min(0, d)] for x, _ in pairs])
-        t = torch.cat([y[max(0, -d):y.shape[0] - max(0, d)] for _, y in pairs])
-        corr.append(pearson(p, t))
-    return int(np.argmax(corr)) - max_lag, corr
-
-
-def mouth_metrics(pairs: list[tuple[torch.Tensor, torch.Tensor]], max_lag: int = 5) -> dict:
-    """Pearson r over all frames and the lip-sync lag of predicted vs. true mouth opening."""
-    r = pearson(torch.cat([p for p, _ in pairs]), torch.cat([t for _, t in pairs]))
-    lag, corr = sync_offset(pairs, max_lag)
-    return {"r": r, "lag": lag, "r_at_lag": max(corr)}
-
-
-# ------------------------------------------------------------------------------------------------
-# Clips and their targets
-# ------------------------------------------------------------------------------------------------
-
-@dataclass
-class AudioClip:
-    """One talking clip: prepared audio (mono 16 kHz [T]), fps, targets [N, output_size] in motion units
-    (NaN where a source has no value), and the true jaw opening [N] when known."""
-
-    name: str
-    waveform: torch.Tensor
-    fps: float
-    target: torch.Tensor
-    jaw: torch.Tensor | None = None
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.target.shape[0])
-
-
-def normalise_audio_source(spec: dict, index: int, default_fps: float, origin: str) -> dict:
-    where = f"{origin}[{index}]"
-    if not isinstance(spec, dict):
-        raise DataError(f"{where}: expected a table, got {spec!r}")
-    s = dict(spec)
-    kind = s.get("kind", "video_folder")
-    s["kind"] = kind
-    if kind == "synthetic":
-        from . import synthetic_source as syn
-
-        unknown = set(s) - _SYNTH_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a synthetic source (known: {sorted(_SYNTH_KEYS)})")
-        s.setdefault("domains", list(syn.DOMAINS))
-        s.setdefault("num_clips", 64)
-        s.setdefault("frames_per_clip", 100)
-        s.setdefault("seed", 0)
-        s.setdefault("fps", default_fps)
-        try:
-            syn.check_domains(s["domains"], where)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        if int(s["num_clips"]) < 1 or int(s["frames_per_clip"]) < 2 or not float(s["fps"]) > 0:
-            raise DataError(f"{where}: num_clips must be >= 1, frames_per_clip >= 2 and fps > 0")
-    elif kind == "video_folder":
-        unknown = set(s) - _VIDEO_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a video_folder source (known: {sorted(_VIDEO_KEYS)})")
-        if not s.get("path"):
-            raise DataError(f"{where}: a video_folder source needs a 'path' (a folder of talking videos with sound)")
-        s["path"] = os.path.expanduser(str(s["path"]))
-        s.setdefault("max_clips", 0)
-    else:
-        raise DataError(f"{where}: unknown source kind {kind!r} (synthetic or video_folder)")
-    s.setdefault("name", f"{kind}{index}")
-    return s
-
-
-def _video_files(spec: dict) -> list[Path]:
-    root = Path(spec["path"])
-    where = f"data source {spec['name']!r}"
-    if not root.is_dir():
-        raise DataError(f"{where}: folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-    if spec["max_clips"]:
-        files = files[: int(spec["max_clips"])]
-    if not files:
-        raise DataError(f"{where}: no videos ({' '.join(VIDEO_SUFFIXES)}) under {root}")
-    return files
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes (read in blocks): the cache key of a base checkpoint."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _key(data: dict) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
-
-
-class MotionTeacher:
-    """The base model's motion estimator with an on-disk cache of each clip's motion."""
-
-    def __init__(self, path: str, cache_dir: Path, device: torch.device, log):
-        from anytalk_core.checkpoints import load_model
-        from anytalk_core.engine import Engine, EngineConfig
-
-        self.path = path
-        self.digest = file_digest(path)
-        self.model = load_model(path)
-        self.engine = Engine(self.model, EngineConfig(device=str(device), chunk_size=16))
-        self.cache = cache_dir / self.digest[:16]
-        self.log = log
-        self.hits = self.misses = 0
-
-    @property
-    def size(self) -> int:
-        return int(self.model.config.image_size)
-
-    def motion(self, key: dict, frames_fn, fps: float) -> Motion:
-        """The cached motion of a clip, or M over ``frames_fn()`` (an iterable of (n, 3, H, W) chunks)."""
-        path = self.cache / f"{_key(key)}.safetensors"
-        if path.exists():
-            try:
-                motion = Motion.load(path)
-                self.hits += 1
-                return motion
-            except ValueError:
-                path.unlink()  # a damaged cache file: compute it again
-        self.misses += 1
-        motion = self.engine.estimate_motion(frames_fn(), fps=fps)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        motion.save(path, overwrite=True)
-        return motion
-
-
-def build_target(config: AudioToMotionConfig, n: int, motion: Motion | None, pose_gt: torch.Tensor | None,
-                 expression_gt: torch.Tensor | None) -> torch.Tensor:
-    """Target rows [n, output_size] in the network's output layout (NaN where unknown)."""
-    from anytalk_core.synthetic import EXPRESSION_FIELDS
-
-    parts = []
-    nan = torch.full((n, 1), float("nan"))
-    if config.num_kp:
-        parts.append(motion.expression.reshape(n, -1).float())
-    if config.predict_pose:
-        if motion is not None:
-            cols = [motion.yaw, motion.pitch, motion.roll, *motion.translation.unbind(1)]
-            if config.with_scale:
-                cols.append(motion.scale if motion.scale is not None else torch.ones(n))
-        else:  # renderer ground truth: yaw, pitch, roll, tx, ty, (no depth), scale
-            cols = [pose_gt[:, 0], pose_gt[:, 1], pose_gt[:, 2], pose_gt[:, 3], pose_gt[:, 4], torch.zeros(n)]
-            if config.with_scale:
-                cols.append(pose_gt[:, 5])
-        parts.append(torch.stack([c.float() for c in cols], 1))
-    for name in config.params:
-        parts.append(expression_gt[:, EXPRESSION_FIELDS.index(name)].float()[:, None] if expression_gt is not None else nan)
-    return torch.cat(parts, 1)
-
-
-def load_clips(sources: list[dict], config: AudioToMotionConfig, teacher: MotionTeacher | None, log) -> list[AudioClip]:
-    """Every clip of the sources with its prepared audio and targets."""
-    from anytalk_core import synthetic
-    from anytalk_core.crop import apply_crop, crop_full
-    from anytalk_core.media import iter_video_frames, probe_video, read_audio
-
-    clips: list[AudioClip] = []
-    for spec in sources:
-        t0 = time.time()
-        if spec["kind"] == "synthetic":
-            fps, n = float(spec["fps"]), int(spec["frames_per_clip"])
-            for c in range(int(spec["num_clips"])):
-                domain = spec["domains"][c % len(spec["domains"])]
-                pose, expr, speech = synthetic.sample_motion(n, fps, np.random.default_rng([int(spec["seed"]), c]),
-                                                              with_audio=True)
-                motion = None
-                if teacher is not None:
-                    identity = synthetic.sample_identity(domain, np.random.default_rng([int(spec["seed"]), c, 1]))
-                    key = {"kind": "synthetic", "domain": domain, "seed": int(spec["seed"]), "clip": c, "n": n,
-                           "fps": fps, "size": teacher.size, "version": 1}
-
-                    def frames(identity=identity, pose=pose, expr=expr):
-                        for i in range(0, n, 32):
-                            out = synthetic.render_sequence(identity, pose[i:i + 32], expr[i:i + 32], teacher.size)
-                            yield out.images.permute(0, 3, 1, 2)
-
-                    motion = teacher.motion(key, frames, fps)
-                wave = prepare_audio((speech.waveform, speech.sample_rate))
-                target = build_target(config, n, motion, pose, expr)
-                clips.append(AudioClip(f"{spec['name']}/{c}", wave, fps, target, expr[:, 0].clone()))
-        else:
-            for path in _video_files(spec):
-                where = f"data source {spec['name']!r}: {path}"
-                try:
-                    info = probe_video(path)
-                    if not info.has_audio:
-                        raise DataError(f"{where}: the video has no sound track")
-                    waveform, rate = read_audio(path)
-                    fps = float(info.fps)
-                    stat = path.stat()
-                    key = {"kind": "video", "path": str(path.resolve()), "size": stat.st_size,
-                           "mtime_ns": stat.st_mtime_ns, "crop": "full", "version": 1}
-
-                    def frames(path=path):
-                        spec_crop = None
-                        for chunk in iter_video_frames(path, chunk=32):
-                            x = chunk.permute(0, 3, 1, 2).float() / 255
-                            spec_crop = spec_crop or crop_full(tuple(x.shape[-2:]), teacher.size)
-                            yield apply_crop(x, spec_crop)
-
-                    motion = teacher.motion(key, frames, fps)
-                except (OSError, ValueError) as exc:
-                    if isinstance(exc, DataError):
-                        raise
-                    raise DataError(f"{where}: cannot read it ({exc})") from None
-                n = len(motion)
-                target = build_target(config, n, motion, None, None)
-                clips.append(AudioClip(f"{spec['name']}/{path.name}", prepare_audio((waveform, rate)), fps, target))
-        log(f"data {spec['name']}: {spec['kind']}, {sum(1 for c in clips if c.name.startswith(spec['name'] + '/'))} "
-            f"clips ready in {time.time() - t0:.1f} s")
-    return clips
-
-
-# ------------------------------------------------------------------------------------------------
-# Trainer
-# ------------------------------------------------------------------------------------------------
-
-class AudioMotionTrainer:
+class AudioMotionTrainer(RunLoop):
     """``AudioMotionTrainer(config, resume=...).fit()``; every check happens in the constructor."""
 
-    def __init__(self, config: dict, resume: bool | str = False, log_stream=None):
-        self.cfg = config
-        self.stream = log_stream or sys.stderr
-        self.t0 = time.time()
-        self._log_file = None
-        self._interrupted = False
-        if config["threads"]:
-            torch.set_num_threads(int(config["threads"]))
-        want = str(config["device"])
+    def _init_device(self, run: RunSettings) -> DistInfo:
+        want = run.device
         if want == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(want)
-            if self.device.type == "cuda" and not torch.cuda.is_available():
-                raise SetupError(f"device = {want!r} but no CUDA device is available (use device = 'auto' or 'cpu')")
-        self.run_dir = output_dir(config)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        try:
-            self._setup(resume)
-        except BaseException:
-            self.close()
-            raise
-
-    # ----- setup -----------------------------------------------------------------------------------
-    def log(self, message: str) -> None:
-        line = f"[anytalk-train] {message}"
-        bar = getattr(self, "bar", None)
-        if bar is not None and not bar.disable:
-            bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
-        if self._log_file is not None:
-            self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
-            self._log_file.flush()
+            return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(want)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SetupError(f"device = {want!r} but no CUDA device is available (use device = 'auto' or 'cpu')")
+        return DistInfo(device=device)
 
     def _setup(self, resume: bool | str) -> None:
-        cfg, t = self.cfg, self.cfg["train"]
-        last = self.ckpt_dir / "last.safetensors"
-        resume_path = None
-        if resume:
-            resume_path = Path(resume) if isinstance(resume, str) else last
-            if not resume_path.exists():
-                raise SetupError(f"--resume: no training checkpoint at {resume_path} (nothing to resume; start "
-                                 "without --resume)")
-        elif last.exists():
-            raise SetupError(f"{self.run_dir} already holds a training run ({last}); pass --resume to continue it "
-                             "or choose another output_dir / name")
-        if cfg["deterministic"]:
+        cfg, t = self.cfg, self.run.train
+        resume_path = self._resume_path(resume)
+        if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        target = cfg["target"]
+        target = self.run.audio.target
         self.init_from = os.path.expanduser(cfg["model"]["init_from"])
-        if target["kind"] == "motion_estimator" and not self.init_from:
+        if target.kind == "motion_estimator" and not self.init_from:
             raise SetupError("target.kind = 'motion_estimator' needs model.init_from: the inference checkpoint whose "
                              "motion estimator gives the targets (and which the export extends), e.g. "
                              "model.init_from=assets/demo/anytalk_demo.safetensors")
@@ -391,21 +98,19 @@ class AudioMotionTrainer:
         self.sources = [normalise_audio_source(s, i, fps, "data.sources") for i, s in enumerate(cfg["data"]["sources"])]
         self.val_sources = [normalise_audio_source(s, i, fps, "data.val_sources")
                             for i, s in enumerate(cfg["data"]["val_sources"])]
-        if target["kind"] == "synthetic" and any(s["kind"] != "synthetic" for s in self.sources + self.val_sources):
+        if target.kind == "synthetic" and any(s["kind"] != "synthetic" for s in self.sources + self.val_sources):
             raise SetupError("target.kind = 'synthetic' needs synthetic sources only (videos have no ground truth); "
                              "use target.kind = 'motion_estimator' with model.init_from for videos")
         for s in self.sources + self.val_sources:  # a bad folder fails before any work
             if s["kind"] == "video_folder":
-                _video_files(s)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt_dir.mkdir(exist_ok=True)
-        self._log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")
+                video_files(s)
+        self._open_run_dir("checkpoints")
 
         # the network's configuration
         base_config = _base_config(self.init_from) if self.init_from else None
         self.net_config = self._net_config(base_config)
         teacher = None
-        if target["kind"] == "motion_estimator":
+        if target.kind == "motion_estimator":
             cache = Path(os.path.expanduser(cfg["data"]["cache_dir"])) if cfg["data"]["cache_dir"] else \
                 self.run_dir / "motion_cache"
             try:
@@ -422,13 +127,13 @@ class AudioMotionTrainer:
         self.extractor = feature_extractor(self.net_config, self.device)
 
         # network, optimiser, schedule
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.net = AudioToMotion(self.net_config).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.optimizers = {"audio2motion": self.opt}
-        self.scheduler = EpochMultiStepLR([self.opt], float(t["lr"]), list(t["lr_milestones"]), float(t["lr_gamma"]))
-        self.total_steps = int(t["steps"])
-        self.end_step = min(self.total_steps, int(t["stop_after"])) if int(t["stop_after"]) > 0 else self.total_steps
+        self.scheduler = EpochMultiStepLR([self.opt], t.lr, list(t.lr_milestones), t.lr_gamma)
+        self.total_steps = t.steps
+        self.end_step = end_step(t, self.total_steps)
         self.start_step = 0
         if resume_path is not None:
             self._resume(resume_path)
@@ -437,19 +142,20 @@ class AudioMotionTrainer:
         self.readout = self._fit_readout()
         self._setup_outputs(resume_path is not None)
 
+
     def _net_config(self, base: ModelConfig | None) -> AudioToMotionConfig:
-        target = self.cfg["target"]
-        params = list(target["params"]) or (["jaw_open"] if target["kind"] == "synthetic" else [])
+        target = self.run.audio.target
+        params = list(target.params) or (["jaw_open"] if target.kind == "synthetic" else [])
         from anytalk_core.synthetic import EXPRESSION_FIELDS
 
         bad = [p for p in params if p not in EXPRESSION_FIELDS]
         if bad:
             raise ConfigError(f"target.params: unknown fields {bad} (known: {list(EXPRESSION_FIELDS)})")
-        if target["kind"] == "motion_estimator":
+        if target.kind == "motion_estimator":
             fields = dict(family=base.family, num_kp=base.num_kp, with_scale=base.convention.uses_scale)
         else:
             fields = dict(family="synthetic", num_kp=0, with_scale=False)
-        data = {**fields, "predict_pose": bool(target["pose"]), "params": params}
+        data = {**fields, "predict_pose": target.pose, "params": params}
         extra = dict(self.cfg["model"]["audio2motion"])
         clash = sorted(set(extra) & {"family", "num_kp", "predict_pose", "params", "with_scale", "feature_dim",
                                       "feature_rate"})
@@ -507,46 +213,29 @@ class AudioMotionTrainer:
         if saved != json.loads(_net_config_json(self.net_config)):
             raise TrainStateError(f"{path}: trained with another audio-to-motion configuration; resume with the run's "
                                   "own config")
-        restore_train_state(state, self.net, self.optimizers, self.scheduler, None)
-        self.net.to(self.device)
-        for st in self.opt.state.values():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    st[k] = v.to(self.device)
-        self.start_step = state.step
+        self._restore(state, self.net, self.optimizers, self.scheduler, None)
         self.log(f"resumed from {path} at step {state.step}")
 
     def _setup_outputs(self, resumed: bool) -> None:
-        from anytalk_core.io_utils import atomic_output, unique_path
-
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        if not resumed and self.metrics_path.exists():
-            os.replace(self.metrics_path, unique_path(self.metrics_path))
-        if resumed and self.metrics_path.exists():
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.start_step]
-            with atomic_output(self.metrics_path, overwrite=True) as tmp:
-                Path(tmp).write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        self._reset_metrics(resumed)
         frames = sum(c.n_frames for c in self.clips)
-        info = {"config": public(self.cfg), "device": str(self.device), "torch": torch.__version__,
-                "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        info = {"config": public(self.cfg), "device": str(self.device), **environment(),
                 "network": json.loads(_net_config_json(self.net_config)),
                 "parameters": sum(p.numel() for p in self.net.parameters()),
                 "train_clips": len(self.clips), "train_frames": frames, "val_clips": len(self.val_clips)}
-        with atomic_output(self.run_dir / "run_info.json", overwrite=True) as tmp:
-            Path(tmp).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        self._write_json("run_info.json", info)
         self.log(f"audio2motion: {info['parameters']} parameters, {len(self.clips)} training clips ({frames} frames), "
                  f"{len(self.val_clips)} held-out clips, {self.total_steps} steps, device {self.device}")
 
     # ----- batches ---------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature windows [B, L, W, F] and targets [B, L, out] of a step (keyed by (seed, step) alone)."""
-        t, aug = self.cfg["train"], self.cfg["augment"]
+        t, aug = self.run.train, self.run.audio.augment
         g = np.random.default_rng(seed_for(self.cfg["seed"], "batch", step))
-        length = int(t["clip_frames"])
+        length = t.clip_frames
         context = self.net_config.context
         windows, targets = [], []
-        for _ in range(int(t["batch_size"])):
+        for _ in range(t.batch_size):
             clip = self.clips[int(g.integers(len(self.clips)))]
             start = int(g.integers(max(1, clip.n_frames - length + 1)))
             # the audio this crop needs (HOP-aligned so features equal those of the whole clip)
@@ -554,8 +243,8 @@ class AudioMotionTrainer:
             first = int(math.floor((start / clip.fps - margin) * SAMPLE_RATE / HOP)) * HOP
             last = int(math.ceil(((start + length) / clip.fps + margin) * SAMPLE_RATE))
             segment = padded_slice(clip.waveform, first, last)
-            gain = 10 ** (float(g.uniform(-1, 1)) * float(aug["gain_db"]) / 20)
-            noise = float(g.uniform(0, float(aug["noise"])))
+            gain = 10 ** (float(g.uniform(-1, 1)) * aug.gain_db / 20)
+            noise = float(g.uniform(0, aug.noise))
             if noise > 0:
                 segment = segment * gain + noise * torch.from_numpy(g.standard_normal(segment.shape[0]).astype(np.float32))
             else:
@@ -569,7 +258,7 @@ class AudioMotionTrainer:
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted smooth-L1 per output group on normalised values, plus a velocity term."""
-        lw = self.cfg["loss"]
+        lw = self.run.audio.loss
         c = self.net_config
         t = self.net.normalize_target(target)
         known = torch.isfinite(t)
@@ -579,85 +268,52 @@ class AudioMotionTrainer:
                   "params": slice(3 * c.num_kp + c.pose_size, c.output_size)}
         out = {}
         for name, sl in groups.items():
-            if sl.stop > sl.start and float(lw[name]):
-                out[name] = float(lw[name]) * err[..., sl].sum() / known[..., sl].sum().clamp(min=1)
-        if float(lw["velocity"]):
+            if sl.stop > sl.start and getattr(lw, name):
+                out[name] = getattr(lw, name) * err[..., sl].sum() / known[..., sl].sum().clamp(min=1)
+        if lw.velocity:
             both = known[:, 1:] & known[:, :-1]
             dv = (pred[:, 1:] - pred[:, :-1]) - (t[:, 1:] - t[:, :-1])
-            out["velocity"] = float(lw["velocity"]) * (dv.abs() * both).sum() / both.sum().clamp(min=1)
+            out["velocity"] = lw.velocity * (dv.abs() * both).sum() / both.sum().clamp(min=1)
         return out
 
     # ----- loop ------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        from tqdm import tqdm
+    def _step(self, step: int, batches) -> dict[str, float]:
+        self.scheduler.apply(step)
+        self.net.train()
+        windows, target = self.batch(step)
+        pred = self.net(windows.to(self.device))
+        losses = self.losses(pred, target.to(self.device))
+        total = sum(losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in {**losses, "total": total}.items()}
 
-        t = self.cfg["train"]
-        result = {"run_dir": str(self.run_dir), "start_step": self.start_step}
-        self.bar = tqdm(total=self.end_step, initial=self.start_step, desc=self.cfg["name"], unit="step",
-                        disable=not t["progress"], dynamic_ncols=True, file=self.stream)
-        old = self._install_signal_handlers()
-        step = self.start_step
-        log_every, ckpt_every, eval_every = max(1, int(t["log_every"])), int(t["checkpoint_every"]), int(t["eval_every"])
-        window: dict[str, list[float]] = {}
-        window_t, window_n, timing = time.time(), 0, []
-        try:
-            while step < self.end_step:
-                ts = time.time()
-                self.scheduler.apply(step)
-                self.net.train()
-                windows, target = self.batch(step)
-                pred = self.net(windows.to(self.device))
-                losses = self.losses(pred, target.to(self.device))
-                total = sum(losses.values())
-                self.opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-                self.opt.step()
-                step += 1
-                timing.append(time.time() - ts)
-                window_n += 1
-                for k, v in {**losses, "total": total}.items():
-                    window.setdefault(k, []).append(float(v.detach()))
-                self.bar.update(1)
-                if step % log_every == 0 or step == self.end_step:
-                    now = time.time()
-                    rate = window_n / max(now - window_t, 1e-9)
-                    means = {f"loss/{k}" if k != "total" else "loss": sum(v) / len(v) for k, v in window.items()}
-                    self._write_metrics({"step": step, "lr": self.opt.param_groups[0]["lr"], "steps_per_s": round(rate, 3),
-                                         "eta_s": round((self.end_step - step) / rate, 1) if rate > 0 else None,
-                                         "time": round(time.time() - self.t0, 2),
-                                         **{k: round(v, 6) for k, v in means.items()}})
-                    self.bar.set_postfix(loss=f"{means['loss']:.4f}")
-                    window, window_t, window_n = {}, now, 0
-                if self.val_clips and eval_every and step % eval_every == 0 and step != self.end_step:
-                    self._write_metrics({"step": step, **self.evaluate()})
-                interrupted = self._interrupted
-                if (ckpt_every and step % ckpt_every == 0) or step == self.end_step or interrupted:
-                    self.save(step)
-                if interrupted:
-                    self.log(f"interrupted: saved step {step}; continue with --resume")
-                    result["interrupted"] = True
-                    break
-        finally:
-            self.bar.close()
-            self._restore_signal_handlers(old)
-        result["end_step"] = step
-        steady = timing[1:] if len(timing) > 1 else timing
-        if steady:
-            result["steps_per_s"] = len(steady) / sum(steady)
+    def _log_window(self, step: int, window: dict[str, list[float]], rate: float) -> None:
+        means = {f"loss/{k}" if k != "total" else "loss": sum(v) / len(v) for k, v in window.items()}
+        self._write_metrics({"step": step, "lr": self.opt.param_groups[0]["lr"], "steps_per_s": round(rate, 3),
+                             "eta_s": round((self.end_step - step) / rate, 1) if rate > 0 else None,
+                             "time": round(time.time() - self.t0, 2),
+                             **{k: round(v, 6) for k, v in means.items()}})
+        self.bar.set_postfix(loss=f"{means['loss']:.4f}")
+
+    def _after_step(self, step: int, result: dict) -> bool:
+        eval_every = self.run.train.eval_every
+        if self.val_clips and eval_every and step % eval_every == 0 and step != self.end_step:
+            self._write_metrics({"step": step, **self.evaluate()})
+        return False
+
+    def _finish(self, step: int, result: dict) -> None:
         if self.val_clips and not result.get("interrupted"):
             result["eval"] = self.evaluate()
             self._write_metrics({"step": step, **result["eval"]})
-            from anytalk_core.io_utils import atomic_output
-
-            with atomic_output(self.run_dir / "eval.json", overwrite=True) as tmp:
-                Path(tmp).write_text(json.dumps({"step": step, **result["eval"]}, indent=2), encoding="utf-8")
+            self._write_json("eval.json", {"step": step, **result["eval"]})
             self.log("held-out: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in result["eval"].items()))
-        if step >= self.total_steps and step > self.start_step and t["export"] and not result.get("interrupted"):
-            result["export"] = self.export(step=step, metrics=result.get("eval"))
-        self.log(f"done at step {step}" + (f", {result['steps_per_s']:.2f} steps/s" if "steps_per_s" in result else ""))
-        return result
+
+    def _final_export(self, step: int, result: dict) -> str | None:
+        return self.export(step=step, metrics=result.get("eval"))
 
     @torch.no_grad()
     def predict(self, clip: AudioClip) -> torch.Tensor:
@@ -699,10 +355,6 @@ class AudioMotionTrainer:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
 
     # ----- outputs ---------------------------------------------------------------------------------
-    def _write_metrics(self, line: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-
     def save(self, step: int) -> None:
         save_train_state(self.ckpt_dir / "last.safetensors", self.net, self.optimizers, self.scheduler, None, step,
                          0, public(self.cfg), _net_config_json(self.net_config),
@@ -741,16 +393,6 @@ class AudioMotionTrainer:
                  + (", replacing its earlier audio-to-motion part" if replaced else "") + ")")
         return target
 
-    # ----- signals ---------------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        return install_interrupt_handlers(self)
-
-    _restore_signal_handlers = staticmethod(restore_signal_handlers)
-
-    def close(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
 
 
 def _net_config_json(config: AudioToMotionConfig) -> str:
@@ -768,12 +410,3 @@ def _base_config(path: str) -> ModelConfig:
         return weights.config if weights.config is not None else get_family(weights.family).infer_config(weights.state)
     except (CheckpointError, ValueError) as exc:
         raise SetupError(f"model.init_from: {exc}") from None
-
-
-def export_from_checkpoint(config: dict, checkpoint: str | None, out: str | None) -> str | None:
-    """Export the inference checkpoint of a run's training state without training."""
-    trainer = AudioMotionTrainer(config, resume=checkpoint or True)
-    try:
-        return trainer.export(out, step=trainer.start_step)
-    finally:
-        trainer.close()

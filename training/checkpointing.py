@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from anytalk_core.io_utils import atomic_output
+from anytalk_core.safetensors_io import write_tagged
 
 TRAIN_STATE_FORMAT = "anytalk.train_state"
 TRAIN_STATE_VERSION = 1
@@ -56,13 +56,6 @@ class EpochMultiStepLR:
 
     def load_state_dict(self, state: dict) -> None:
         self.last_epoch = int(state.get("last_epoch", -1))
-
-
-def user_mode(path) -> None:
-    """Give a file written by safetensors (which creates 0600 files) the user's umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _crc(t: torch.Tensor) -> int:
@@ -108,8 +101,6 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 def save_train_state(path: str | os.PathLike, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
                      scheduler: EpochMultiStepLR, scaler, step: int, epoch: int, config: dict, model_config_json: str,
                      extra: dict | None = None) -> str:
-    from safetensors.torch import save_file
-
     path = os.fspath(path)
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
@@ -129,7 +120,6 @@ def save_train_state(path: str | os.PathLike, model: torch.nn.Module, optimizers
     tensors.update(rng_tensors)
     crc = {k: _crc(v) for k, v in tensors.items()}
     meta = {
-        "format": TRAIN_STATE_FORMAT,
         "format_version": str(TRAIN_STATE_VERSION),
         "step": str(step),
         "epoch": str(epoch),
@@ -143,9 +133,7 @@ def save_train_state(path: str | os.PathLike, model: torch.nn.Module, optimizers
         "crc32": json.dumps(crc),
         "extra": json.dumps(extra or {}, sort_keys=True, default=str),
     }
-    with atomic_output(path, overwrite=True) as tmp:
-        save_file(tensors, tmp, metadata=meta)
-        user_mode(tmp)
+    write_tagged(path, tensors, TRAIN_STATE_FORMAT, meta, overwrite=True)
     return path
 
 

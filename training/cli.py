@@ -62,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(public(config), indent=2))
             return 0
         resume = args.resume_from or args.resume
-        trainer_class, export_from_checkpoint = talking_head.Trainer, talking_head.export_from_checkpoint
+        trainer_class = talking_head.Trainer
         if config.get("task") == "audio2motion":  # audio-to-motion training (training/audio2motion.py)
             from . import audio2motion as a2m
 
-            trainer_class, export_from_checkpoint = a2m.AudioMotionTrainer, a2m.export_from_checkpoint
+            trainer_class = a2m.AudioMotionTrainer
         if args.export:
-            path = export_from_checkpoint(config, args.resume_from, args.out)
+            path = trainer_class.export_from_checkpoint(config, args.resume_from, args.out)
             if path:
                 print(path)
             return 0

@@ -67,6 +67,13 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(p)
 
 
+def check_source_keys(spec: dict, known: set[str], where: str) -> None:
+    """Refuse keys a source of kind ``spec["kind"]`` does not have (a typo must not fall back to a default)."""
+    unknown = set(spec) - known
+    if unknown:
+        raise DataError(f"{where}: unknown keys {sorted(unknown)} for a {spec['kind']} source (known: {sorted(known)})")
+
+
 def normalise_source(spec: dict, index: int, base: Path | None = None, origin: str = "data.sources") -> dict:
     """Check one source table and fill its defaults; raises DataError naming the entry."""
     where = f"{origin}[{index}]"
@@ -76,9 +83,7 @@ def normalise_source(spec: dict, index: int, base: Path | None = None, origin: s
     s = dict(spec)
     s["kind"] = kind
     if kind == "video_folder":
-        unknown = set(s) - _VIDEO_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a video_folder source (known: {sorted(_VIDEO_KEYS)})")
+        check_source_keys(s, _VIDEO_KEYS, where)
         if not s.get("path"):
             raise DataError(f"{where}: a video_folder source needs a 'path'")
         if not s.get("domain"):
@@ -91,9 +96,7 @@ def normalise_source(spec: dict, index: int, base: Path | None = None, origin: s
         if not 0 < float(s["subset"]) <= 1:
             raise DataError(f"{where}: subset must be in (0, 1], got {s['subset']}")
     elif kind == "synthetic":
-        unknown = set(s) - _SYNTH_KEYS
-        if unknown:
-            raise DataError(f"{where}: unknown keys {sorted(unknown)} for a synthetic source (known: {sorted(_SYNTH_KEYS)})")
+        check_source_keys(s, _SYNTH_KEYS, where)
         s.setdefault("domains", list(syn.DOMAINS))
         s.setdefault("num_identities", 64)
         s.setdefault("frames_per_clip", 32)

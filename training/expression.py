@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import synthetic_source as syn
-from .pretrained import WeightsError, freeze, load_emonet, read_state_dict
+from .pretrained import WeightsError, freeze, load_emonet
 
 REGRESSOR_FORMAT = "anytalk.expression_regressor"
 
@@ -192,33 +192,18 @@ def train_expression_regressor(cfg: dict, seed: int, device: torch.device, log=p
 
 
 def save_regressor(net: ExpressionRegressor, path: str | os.PathLike, report: dict) -> None:
-    from safetensors.torch import save_file
+    from anytalk_core.safetensors_io import write_tagged
 
-    from anytalk_core.io_utils import atomic_output
-
-    meta = {"format": REGRESSOR_FORMAT, "size": str(net.size), "width": str(net.width), "crop": str(net.crop),
+    meta = {"size": str(net.size), "width": str(net.width), "crop": str(net.crop),
             "report": json.dumps(report, sort_keys=True)}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    from .checkpointing import user_mode
-
-    with atomic_output(path, overwrite=True) as tmp:
-        save_file(state, tmp, metadata=meta)
-        user_mode(tmp)
+    write_tagged(path, net.state_dict(), REGRESSOR_FORMAT, meta, overwrite=True)
 
 
 def load_regressor(path: str | os.PathLike) -> tuple[ExpressionRegressor, dict]:
-    from anytalk_core.safetensors_io import FileFormatError, read_header
+    from anytalk_core.safetensors_io import read_tagged
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"{path}: expression regressor weights file not found")
-    try:
-        meta = read_header(path)[1]
-    except FileFormatError as exc:
-        raise WeightsError(str(exc)) from None
-    if meta.get("format") != REGRESSOR_FORMAT:
-        raise WeightsError(f"{path}: not an AnyTalk expression regressor (metadata format={meta.get('format')!r})")
-    state = read_state_dict(path, "expression regressor")
+    state, meta = read_tagged(path, REGRESSOR_FORMAT, "expression regressor weights file", WeightsError)
     net = ExpressionRegressor(int(meta["width"]), int(meta["size"]), float(meta.get("crop", "1.0")))
     from .pretrained import load_strict
 

@@ -31,9 +31,9 @@ import sys
 
 import torch
 
-from anytalk_core.io_utils import atomic_output
+from anytalk_core.safetensors_io import write_tagged
 
-from .checkpointing import TrainState, TrainStateError, _crc, read_train_state, user_mode
+from .checkpointing import TrainState, TrainStateError, _crc, read_train_state
 
 SNAPSHOT_FORMAT = "anytalk.train_snapshot"
 SNAPSHOT_VERSION = 1
@@ -84,8 +84,6 @@ def rebuild_second_moment(parts: dict[str, torch.Tensor], shape: tuple[int, ...]
 
 def write_snapshot(train_state: str | os.PathLike, out: str | os.PathLike, replace: bool = False) -> dict:
     """Write the snapshot of a training state (``checkpoints/last.safetensors``); returns sizes and the step."""
-    from safetensors.torch import save_file
-
     out = os.fspath(out)
     if os.path.exists(out) and not replace:
         raise FileExistsError(f"{out} exists: pass --replace to replace the snapshot (git keeps the earlier one)")
@@ -111,14 +109,12 @@ def write_snapshot(train_state: str | os.PathLike, out: str | os.PathLike, repla
     shapes = {k: list(v.shape) for k, v in state.tensors.items() if k.endswith(".exp_avg_sq")}
     meta = {k: v for k, v in state.meta.items() if k not in ("format", "format_version", "crc32")}
     meta.update({
-        "format": SNAPSHOT_FORMAT, "format_version": str(SNAPSHOT_VERSION),
+        "format_version": str(SNAPSHOT_VERSION),
         "frozen_crc32": json.dumps(frozen_crc), "moment_shapes": json.dumps(shapes),
         "crc32": json.dumps({k: _crc(v) for k, v in tensors.items()}),
         "source": os.path.basename(os.fspath(train_state)),
     })
-    with atomic_output(out, overwrite=True) as tmp:
-        save_file(tensors, tmp, metadata=meta)
-        user_mode(tmp)
+    write_tagged(out, tensors, SNAPSHOT_FORMAT, meta, overwrite=True)
     return {"path": out, "step": state.step, "bytes": os.path.getsize(out),
             "train_state_bytes": os.path.getsize(train_state), "frozen_tensors_not_stored": len(frozen_crc)}
 

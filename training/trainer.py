@@ -14,73 +14,37 @@ networks, optimiser moments, AMP scaler and the step counter, a resumed CPU run 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import platform
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from anytalk_core.checkpoints import CheckpointError, check_state_dict, read_weights, save_checkpoint
-from anytalk_core.models.config import DiscriminatorConfig, ModelConfig, tiny_config
-from anytalk_core.models.registry import build_model, get_family
+from anytalk_core.checkpoints import CheckpointError, save_checkpoint
+from anytalk_core.models.registry import build_model
 
 from . import losses as L
-from . import synthetic_source as syn
-from .checkpointing import (
-    install_interrupt_handlers,
-    restore_signal_handlers,
-    EpochMultiStepLR,
-    TrainStateError,
-    read_resume_state,
-    read_train_state,
-    restore_train_state,
-    save_train_state,
-)
-from .config import GENERATOR_MODULES, ConfigError, config_hash, output_dir, public
+from .checkpointing import EpochMultiStepLR, TrainStateError, read_resume_state, save_train_state
+from .config import GENERATOR_MODULES, ConfigError, config_hash, public
 from .data import DataError, StepBatchSampler, build_dataset, collate
-from .expression import build_expression_encoder
-from .pretrained import VGG19_MIN_SIDE, WeightsError, load_hopenet, load_vgg19
-
-
-class SetupError(ValueError):
-    """Anything that stops training before it starts; the message is one actionable line."""
-
+from .gan import DiscriminatorSide, GeneratorSide, setup_losses
+from .model_init import build_model_config, load_initial_weights, read_initial_weights
+from .pretrained import WeightsError, load_vgg19
+from .runloop import DistInfo, RunLoop, SetupError, end_step, environment, free_path, seed_for
+from .settings import RunSettings
 
 SETUP_ERRORS = (SetupError, ConfigError, DataError, WeightsError, TrainStateError, CheckpointError, FileExistsError)
 
 
-# ------------------------------------------------------------------------------------------------
-# Distributed setup
-# ------------------------------------------------------------------------------------------------
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(config: dict) -> DistInfo:
+def init_distributed(run: RunSettings) -> DistInfo:
+    """This process's rank and device (under torchrun: joins the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = str(config["device"])
+    want = run.device
     if want == "auto":
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     elif want == "cuda":
@@ -99,12 +63,6 @@ def init_distributed(config: dict) -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
-def seed_for(*parts: int | str) -> int:
-    """A 63-bit seed from a key (stable across processes and Python runs)."""
-    h = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & (2**63 - 1)
-
-
 def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
     """The bf16 instruction sets this CPU has (``amx_bf16``, ``avx512_bf16`` from /proc/cpuinfo's flags), [] when
     none or unknown. Without them torch emulates bf16 on the CPU, slower than fp32."""
@@ -120,310 +78,29 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
     return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
-# ------------------------------------------------------------------------------------------------
-# Model configuration and initial weights
-# ------------------------------------------------------------------------------------------------
 
-def build_model_config(config: dict) -> ModelConfig:
-    m = config["model"]
-    if m["preset"] == "tiny":
-        base = tiny_config(num_kp=int(m["num_kp"]), with_discriminator=True)
-    else:
-        base = get_family("face_vid2vid").default_config()
-        if int(m["num_kp"]) != base.num_kp:
-            d = base.to_dict()
-            d["num_kp"] = int(m["num_kp"])
-            for sub in ("keypoints", "motion", "dense_motion"):
-                d[sub]["num_kp"] = int(m["num_kp"])
-            base = ModelConfig.from_dict(d)
-    if m["overrides"]:
-        d = base.to_dict()
-        _deep_update(d, json.loads(json.dumps(m["overrides"])))
-        try:
-            base = ModelConfig.from_dict(d)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"model.overrides: {exc}") from None
-    if base.discriminator is None:
-        base.discriminator = DiscriminatorConfig()
-    return base
-
-
-def _deep_update(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-
-
-def read_initial_weights(path: str) -> tuple[dict, "object | None"]:
-    """The weights ``model.init_from`` names: (state dict, training state or None). Read before any other set-up
-    work, so a file that cannot be used (missing, a pickle that needs code, garbage) fails at once."""
-    from safetensors import safe_open
-
-    fmt = ""
-    if path.endswith(".safetensors") and os.path.isfile(path):
-        try:
-            with safe_open(path, "pt") as f:
-                fmt = (f.metadata() or {}).get("format", "")
-        except Exception:  # noqa: BLE001 - read_weights reports it properly below
-            fmt = ""
-    train_state = None
-    if fmt == "anytalk.train_state":
-        train_state = read_train_state(path)
-        return train_state.model_state(), train_state
-    if not os.path.exists(path):
-        raise SetupError(f"model.init_from: {path}: file not found")
-    try:
-        return dict(read_weights(path, "face_vid2vid").state), None
-    except CheckpointError as exc:
-        raise SetupError(f"model.init_from: {exc}") from None
-
-
-def load_initial_weights(model: nn.Module, path: str, log, weights: tuple | None = None) -> tuple[dict, "object | None"]:
-    """Start from existing weights: an inference checkpoint / face-vid2vid file, or a training state
-    (returned too, for its optimiser moments). ``weights``: what :func:`read_initial_weights` read already."""
-    state, train_state = weights if weights is not None else read_initial_weights(path)
-    # An audio-to-motion part predicts this model's current motion estimator: it is not carried over (retrain it
-    # on the new model with training/configs/audio2motion.toml).
-    dropped_audio = any(k.startswith("audio2motion.") for k in state)
-    gen_state = {k: v for k, v in state.items() if not k.startswith(("discriminator.", "audio2motion."))}
-    holder = nn.Module()
-    for name in GENERATOR_MODULES:
-        setattr(holder, name, getattr(model, name))
-    # Anti-aliasing kernels are derived from the config, not learned: a model continued at another image size
-    # (a 64 px model at 128 px with the keypoint detector's scale_factor halved) keeps its own.
-    derived = derived_kernel_buffers(holder)
-    rebuilt = sorted(k for k in derived if k in gen_state and not torch.equal(gen_state[k], derived[k]))
-    gen_state.update({k: v for k, v in derived.items() if k in gen_state})
-    try:
-        check_state_dict(path, holder, gen_state)
-    except CheckpointError as exc:
-        raise SetupError(f"model.init_from: {exc}") from None
-    disc_state = {k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")}
-    holder.load_state_dict(gen_state, strict=True)
-    note = "generator side loaded"
-    if disc_state and hasattr(model, "discriminator"):
-        try:
-            check_state_dict(path, model.discriminator, disc_state)
-            model.discriminator.load_state_dict(disc_state, strict=True)
-            note += ", discriminator loaded"
-        except CheckpointError:
-            note += ", discriminator does not fit: initialised fresh"
-    else:
-        note += ", no discriminator in the file: initialised fresh"
-    if rebuilt:
-        note += f", anti-aliasing kernels {', '.join(rebuilt)} rebuilt for this config"
-    if dropped_audio:
-        note += ", audio-to-motion part not carried over (retrain it: training/configs/audio2motion.toml)"
-    log(f"init_from {path}: {note}")
-    return {"path": os.path.abspath(path), "note": note}, train_state
-
-
-def derived_kernel_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The stored buffers of ``module`` that its config determines (AntiAliasDownsample kernels), by state-dict key."""
-    from anytalk_core.models.keypoint_detector import AntiAliasDownsample
-
-    keys = set(module.state_dict())
-    return {f"{name}.weight": sub.weight for name, sub in module.named_modules()
-            if isinstance(sub, AntiAliasDownsample) and f"{name}.weight" in keys}
-
-
-# ------------------------------------------------------------------------------------------------
-# The two sides of the GAN (each wrapped in DDP when distributed)
-# ------------------------------------------------------------------------------------------------
-
-class LossSetup:
-    """Resolved losses: weights, frozen helper networks and what each one is (for logs/provenance)."""
-
-    def __init__(self):
-        self.perceptual: L.PerceptualLoss | None = None
-        self.pose_teacher: nn.Module | None = None
-        self.pose_mode = "none"
-        self.prefer_ground_truth = True
-        self.expression: nn.Module | None = None
-        self.info: dict = {}
-
-
-class GeneratorSide(nn.Module):
-    """Registers the generator-side networks (what DDP synchronises); the discriminator and the frozen
-    helper networks are held outside the module tree."""
-
-    def __init__(self, model: nn.Module, setup: LossSetup, config: dict):
-        super().__init__()
-        for name in GENERATOR_MODULES:
-            setattr(self, name, getattr(model, name))
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "_setup", setup)
-        object.__setattr__(self, "_cfg", config)
-
-    def forward(self, batch: dict, theta: torch.Tensor, control: torch.Tensor | None, epoch: int):
-        model, setup, cfg = self._model, self._setup, self._cfg
-        src, drv = batch["source"], batch["driving"]
-        b = src.shape[0]
-        canonical = model.canonical_keypoints(src)
-        raw_s = model.estimate_motion_raw(src)
-        raw_d = model.estimate_motion_raw(drv)
-        motion_s, motion_d = model.motion_from_raw(raw_s), model.motion_from_raw(raw_d)
-        kp_s = model.motion_keypoints(canonical, motion_s)
-        kp_d = model.motion_keypoints(canonical, motion_d)
-        out = model.decode(model.encode_appearance(src), kp_d, kp_s)
-        pred = out["prediction"]
-        losses: dict[str, torch.Tensor] = {}
-
-        if setup.perceptual is not None:
-            losses["perceptual"] = setup.perceptual(pred, drv)
-
-        lip = cfg["lip_region"]
-        if lip["weight"]:  # set-up refuses it without a perceptual loss
-            lips = batch["landmarks"][:, list(syn.LIP_LANDMARKS)]
-            losses["lip_region"] = L.region_loss(setup.perceptual, pred, drv, lips, batch["has_landmarks"],
-                                                 float(lip["weight"]), int(lip["size"]), float(lip["margin"]),
-                                                 float(lip["min_extent"]))
-
-        g = cfg["gan"]
-        if g["generator"] or any(g["feature_matching"]):
-            maps = model.discriminator(torch.cat([drv, pred]))
-            real = {k: ([f[:b] for f in feats], p[:b]) for k, (feats, p) in maps.items()}
-            fake = {k: ([f[b:] for f in feats], p[b:]) for k, (feats, p) in maps.items()}
-            if g["generator"]:
-                losses["gen_gan"] = L.generator_gan_loss(fake, float(g["generator"]))
-            if any(g["feature_matching"]):
-                losses["feature_matching"] = L.feature_matching_loss(real, fake, [float(w) for w in g["feature_matching"]])
-
-        e = cfg["equivariance"]
-        if e["weight"]:
-            transform = L.EquivarianceTransform(theta, control, int(e["points_tps"]))
-            transformed = transform.transform_frame(drv)
-            raw_t = model.estimate_motion_raw(transformed)
-            kp_t = model.motion_keypoints(canonical, model.motion_from_raw(raw_t))
-            losses["equivariance"] = L.equivariance_loss(kp_d, kp_t, transform, float(e["weight"]))
-
-        k = cfg["keypoint_prior"]
-        if k["weight"]:
-            losses["keypoint_prior"] = L.keypoint_prior_loss(kp_d, float(k["weight"]), float(k["distance_threshold"]),
-                                                             float(k["depth_target"]))
-
-        ks = float(cfg["keypoint_supervision"]["weight"])
-        if ks and "landmarks" in batch:
-            mask = batch["has_landmarks"]
-            losses["keypoint_supervision"] = 0.5 * (
-                L.keypoint_supervision_loss(kp_d, batch["landmarks"], ks, mask)
-                + L.keypoint_supervision_loss(kp_s, batch["source_landmarks"], ks, mask))
-
-        if setup.pose_mode != "none":
-            angles = torch.stack([motion_d.yaw, motion_d.pitch, motion_d.roll], dim=1)
-            target, mask = batch["pose"], batch["has_pose"]
-            if setup.pose_teacher is not None:
-                with torch.no_grad():
-                    teacher = setup.pose_teacher(drv).to(target.dtype)
-                use_gt = mask.view(-1, 1) if setup.prefer_ground_truth else torch.zeros_like(mask.view(-1, 1))
-                target = torch.where(use_gt, target, teacher)
-                mask = torch.ones_like(mask)
-            losses["head_pose"] = L.head_pose_loss(angles, target.detach(), float(cfg["head_pose"]["weight"]), mask)
-
-        warp = cfg["warp"]
-        if warp["weight"]:
-            losses["warp"] = L.warp_loss(src, drv, out["deformation"], float(warp["weight"]),
-                                         [float(x) for x in warp["scales"]])
-
-        d = cfg["deformation_prior"]
-        if d["weight"]:
-            w = L.deformation_prior_weight(epoch, float(d["weight"]), int(d["decay_start_epoch"]),
-                                           int(d["decay_every_epochs"]), float(d["decay_initial_drop"]), float(d["floor"]))
-            losses["deformation_prior"] = L.deformation_prior_loss(raw_d["exp"], w)
-
-        if setup.expression is not None:
-            losses["expression"] = L.expression_consistency_loss(setup.expression, drv, pred,
-                                                                 float(cfg["expression"]["weight"]))
-        return losses, {"prediction": pred, "kp_driving": kp_d, "kp_source": kp_s}
-
-
-class DiscriminatorSide(nn.Module):
-    def __init__(self, discriminator: nn.Module, weight: float):
-        super().__init__()
-        self.discriminator = discriminator
-        self.weight = weight
-
-    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        b = real.shape[0]
-        maps = self.discriminator(torch.cat([real, fake.detach()]))
-        r = {k: (feats, p[:b]) for k, (feats, p) in maps.items()}
-        f = {k: (feats, p[b:]) for k, (feats, p) in maps.items()}
-        return L.discriminator_hinge_loss(r, f, self.weight)
-
-
-# ------------------------------------------------------------------------------------------------
-# Trainer
-# ------------------------------------------------------------------------------------------------
-
-class Trainer:
+class Trainer(RunLoop):
     """``Trainer(config, resume=...).fit()``; every check happens in the constructor."""
 
-    def __init__(self, config: dict, resume: bool | str = False, log_stream=None):
-        self.cfg = config
-        self.stream = log_stream or sys.stderr
-        self.t0 = time.time()
-        if config["threads"]:
-            torch.set_num_threads(int(config["threads"]))
-        if config["deterministic"]:
+    def _init_device(self, run: RunSettings) -> DistInfo:
+        if run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-        self.dist = init_distributed(config)
-        self.device = self.dist.device
-        self.run_dir = output_dir(config)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self._interrupted = False
-        self._log_file = None
-        try:
-            self._setup(resume)
-        except BaseException:
-            self.close()
-            raise
-
-    # ----- logging -------------------------------------------------------------------------------
-    def log(self, message: str) -> None:
-        if not self.dist.is_main:
-            return
-        line = f"[anytalk-train] {message}"
-        bar = getattr(self, "bar", None)
-        if bar is not None and not bar.disable:
-            bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
-        if self._log_file is not None:
-            self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
-            self._log_file.flush()
-
-    def barrier(self) -> None:
-        if self.dist.distributed:
-            dist.barrier()
+        return init_distributed(run)
 
     # ----- setup -----------------------------------------------------------------------------------
     def _setup(self, resume: bool | str) -> None:
         cfg, main = self.cfg, self.dist.is_main
-        if cfg["train"]["tensorboard"]:
+        if self.run.train.tensorboard:
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
                 raise SetupError("train.tensorboard = true but the tensorboard package is not installed "
                                  "(pip install tensorboard, or set train.tensorboard = false)")
-        last = self.ckpt_dir / "last.safetensors"
-        resume_path = None
-        if resume:
-            resume_path = Path(resume) if isinstance(resume, str) else last
-            if not resume_path.exists():
-                raise SetupError(f"--resume: no training checkpoint at {resume_path} (nothing to resume; "
-                                 "start without --resume)")
-        elif last.exists():
-            raise SetupError(f"{self.run_dir} already holds a training run ({last}); pass --resume to continue it "
-                             "or choose another output_dir / name")
+        resume_path = self._resume_path(resume)
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.ckpt_dir.mkdir(exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            self._log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")
+            self._open_run_dir("checkpoints", "samples")
         self.barrier()
-        if cfg["deterministic"]:
+        if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cuda":  # some CUDA backward kernels (grid_sample) have no deterministic form
                 import warnings
@@ -457,27 +134,27 @@ class Trainer:
 
         # data (a bad folder fails here)
         self.dataset = build_dataset(cfg, self.image_size)
-        t = cfg["train"]
-        self.global_batch = int(t["batch_size"])
-        self.accumulate = int(t["accumulate"])
+        t = self.run.train
+        self.global_batch = t.batch_size
+        self.accumulate = t.accumulate
         if self.global_batch % (self.dist.world * self.accumulate):
             raise SetupError(f"train.batch_size={self.global_batch} must be divisible by processes "
                              f"({self.dist.world}) x train.accumulate ({self.accumulate})")
         self.micro_batch = self.global_batch // (self.dist.world * self.accumulate)
-        spe = int(t["steps_per_epoch"]) or self.dataset.samples_per_epoch // self.global_batch
+        spe = t.steps_per_epoch or self.dataset.samples_per_epoch // self.global_batch
         if spe < 1:
             raise SetupError(f"an epoch of {self.dataset.samples_per_epoch} samples is smaller than one batch of "
                              f"{self.global_batch}: lower train.batch_size or raise data.samples_per_epoch")
         self.dataset.set_samples_per_epoch(spe * self.global_batch)
         self.steps_per_epoch = spe
-        self.total_steps = spe * int(t["epochs"])
-        self.end_step = min(self.total_steps, int(t["stop_after"])) if int(t["stop_after"]) > 0 else self.total_steps
+        self.total_steps = spe * t.epochs
+        self.end_step = end_step(t, self.total_steps)
 
         # losses and the frozen networks they need (missing files fail here)
-        self.losses = self._setup_losses()
+        self.losses = setup_losses(self)
 
         # the networks (identical initialisation on every rank)
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.model = build_model(self.model_config, with_discriminator=True)
         self.init_info, init_state = None, None
         if use_init:
@@ -491,7 +168,7 @@ class Trainer:
         if self.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device).train()
-        self.frozen = tuple(t["freeze"])
+        self.frozen = t.freeze
         for name in self.frozen:  # fixed as loaded: no gradients, and batch norm keeps its learned statistics
             getattr(self.model, name).requires_grad_(False).eval()
         if self.frozen:
@@ -500,12 +177,11 @@ class Trainer:
         # optimisers, schedule
         gen_params = [p for name in GENERATOR_MODULES if name not in self.frozen
                       for p in getattr(self.model, name).parameters()]
-        betas = tuple(float(b) for b in t["betas"])
-        self.opt_g = torch.optim.Adam(gen_params, lr=float(t["lr"]), betas=betas)
-        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=float(t["lr"]), betas=betas)
+        betas = tuple(float(b) for b in t.betas)
+        self.opt_g = torch.optim.Adam(gen_params, lr=t.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=t.lr, betas=betas)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
-        self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], float(t["lr"]), list(t["lr_milestones"]),
-                                          float(t["lr_gamma"]))
+        self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], t.lr, list(t.lr_milestones), t.lr_gamma)
         self.start_step = 0
         if init_state is not None and cfg["model"]["init_optimizers"]:
             from .checkpointing import restore_optimizers
@@ -514,13 +190,13 @@ class Trainer:
             self.init_info["note"] += ", optimiser moments loaded"
         if resume_path is not None:
             self._resume(resume_path)
-        if self.start_step >= self.end_step and self.start_step < self.total_steps and int(t["stop_after"]) > 0:
+        if self.start_step >= self.end_step and self.start_step < self.total_steps and t.stop_after > 0:
             raise SetupError(f"the checkpoint is at step {self.start_step}, already at train.stop_after="
-                             f"{t['stop_after']}: raise or clear stop_after to continue")
+                             f"{self.cfg['train']['stop_after']}: raise or clear stop_after to continue")
 
         # DDP wrappers
-        self.gen_side = GeneratorSide(self.model, self.losses, cfg)
-        self.disc_side = DiscriminatorSide(self.model.discriminator, float(cfg["gan"]["discriminator"]))
+        self.gen_side = GeneratorSide(self.model, self.losses, self.run.losses)
+        self.disc_side = DiscriminatorSide(self.model.discriminator, self.run.losses.gan.discriminator)
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -532,6 +208,7 @@ class Trainer:
 
         self._setup_logging_outputs(resume_path is not None)
         self._write_run_info()
+
 
     def _motion_warmup(self, resume_path: Path | None) -> dict | None:
         """Run the motion warm-up (training/warmup.py) on a new run; a resumed run keeps its first report."""
@@ -549,7 +226,7 @@ class Trainer:
             if source.spec["kind"] == "synthetic":
                 domains += [d for d in source.domains if d not in domains]
 
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.run.seed)
         self.model.to(self.device)
         return warm_up_motion(self.model, self.cfg, domains, self.image_size, self.device, self.log)
 
@@ -557,7 +234,7 @@ class Trainer:
         """Autocast precision (fp32 master weights either way). CUDA: bf16 where supported, else fp16 with a
         GradScaler. CPU: bf16 only where the CPU has bf16 instructions (``cpu_bf16_support``; "auto"), else fp32;
         an explicit bf16 without them runs emulated, which is slower, and says so."""
-        amp = self.cfg["train"]["amp"]
+        amp = self.run.train.amp
         self.amp_dtype = None
         self.amp_note = ""
         if self.device.type == "cuda":
@@ -585,7 +262,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _want_sync_bn(self) -> bool:
-        s = self.cfg["train"]["sync_batchnorm"]
+        s = self.run.train.sync_batchnorm
         if s in (True, "on"):
             if self.device.type != "cuda":
                 raise SetupError("train.sync_batchnorm = on needs CUDA devices (torch's SyncBatchNorm is GPU only)")
@@ -593,72 +270,6 @@ class Trainer:
         if s in (False, "off"):
             return False
         return self.dist.distributed and self.device.type == "cuda"
-
-    def _setup_losses(self) -> LossSetup:
-        cfg, setup = self.cfg, LossSetup()
-        # perceptual
-        p = cfg["perceptual"]
-        if any(float(w) for w in p["weights"]):
-            if p["vgg19_weights"]:
-                vgg = (self._vgg19 or load_vgg19(os.path.expanduser(p["vgg19_weights"]))).to(self.device)
-                self._vgg19 = None
-                smallest = min(p["scales"]) * self.image_size
-                if smallest < VGG19_MIN_SIDE:
-                    raise SetupError(f"perceptual.scales: the smallest pyramid level is {smallest:g} px; VGG-19's "
-                                     f"relu5_1 needs at least {VGG19_MIN_SIDE} px (drop the small scales at this "
-                                     "image size)")
-                setup.perceptual = L.PerceptualLoss(p["scales"], p["weights"], "vgg19", vgg).to(self.device)
-                setup.info["perceptual"] = {"backend": "vgg19_pyramid_l1", "weights": os.path.abspath(p["vgg19_weights"]),
-                                            "scales": p["scales"], "layer_weights": p["weights"]}
-            elif p["fallback"] == "pixel_pyramid_l1":
-                setup.perceptual = L.PerceptualLoss(p["scales"], p["weights"], "pixel_pyramid_l1").to(self.device)
-                setup.info["perceptual"] = {"backend": "pixel_pyramid_l1", "scales": p["scales"],
-                                            "note": "FALLBACK: no VGG-19 weights named; multi-scale pixel L1 "
-                                                    "(perceptual.fallback = 'pixel_pyramid_l1')"}
-                self.log("perceptual loss: FALLBACK pixel_pyramid_l1 (multi-scale L1 on pixels, no VGG-19): "
-                         "name perceptual.vgg19_weights for the seed's VGG-19 perceptual loss")
-            else:
-                raise SetupError("the perceptual loss needs VGG-19 weights: set perceptual.vgg19_weights to a file "
-                                 "with torchvision's VGG-19 state dict (features.N.weight keys), or state the fallback "
-                                 "explicitly with perceptual.fallback = 'pixel_pyramid_l1'")
-        else:
-            setup.info["perceptual"] = {"backend": "off"}
-        lip = cfg["lip_region"]
-        if lip["weight"]:
-            if setup.perceptual is None:
-                raise SetupError("lip_region.weight > 0 uses the perceptual loss on the lip crops: give the perceptual "
-                                 "loss non-zero weights, or set lip_region.weight = 0")
-            if setup.perceptual.backend == "vgg19" and min(p["scales"]) * lip["size"] < VGG19_MIN_SIDE:
-                raise SetupError(f"lip_region.size: the smallest pyramid level of a {lip['size']} px lip crop is under "
-                                 f"the {VGG19_MIN_SIDE} px VGG-19's relu5_1 needs (raise lip_region.size or drop small "
-                                 "scales)")
-            setup.info["lip_region"] = {"weight": lip["weight"], "size": lip["size"], "backend": setup.perceptual.name}
-        # head pose
-        h = cfg["head_pose"]
-        no_gt = [s.name for s in self.dataset.sources if not s.has_ground_truth]
-        source = h["source"]
-        if not float(h["weight"]) or source == "none":
-            setup.pose_mode = "none"
-        elif source == "hopenet" or (source == "auto" and h["hopenet_weights"]):
-            if not h["hopenet_weights"]:
-                raise SetupError("head_pose.source = 'hopenet' needs head_pose.hopenet_weights (a Hopenet state dict, "
-                                 "e.g. hopenet_robust_alpha1.pkl)")
-            setup.pose_teacher = load_hopenet(os.path.expanduser(h["hopenet_weights"])).to(self.device)
-            setup.pose_mode = "hopenet"
-        elif no_gt:
-            raise SetupError(f"the head-pose loss (head_pose.weight = {h['weight']}) needs a pose teacher for data "
-                             f"source(s) {', '.join(no_gt)} which have no ground-truth pose: set "
-                             "head_pose.hopenet_weights to a Hopenet file, or head_pose.weight = 0")
-        else:
-            setup.pose_mode = "ground_truth"
-        setup.info["head_pose"] = {"mode": setup.pose_mode, "weights": h["hopenet_weights"] or None,
-                                   "note": {"ground_truth": "ground-truth angles of the synthetic renderer",
-                                            "hopenet": "Hopenet teacher (ground truth preferred where the data has it)",
-                                            "none": "head-pose loss off"}[setup.pose_mode]}
-        # expression
-        setup.expression, setup.info["expression"] = build_expression_encoder(
-            cfg, self.run_dir, self.device, log=self.log, is_main=self.dist.is_main, barrier=self.barrier)
-        return setup
 
     def _resume(self, path: Path) -> None:
         from .snapshot import is_snapshot, read_snapshot
@@ -683,14 +294,7 @@ class Trainer:
         phi = state.extra.get("expression_weights_crc")
         if phi is not None and phi != self._phi_crc():
             raise TrainStateError(f"{path}: the expression encoder differs from the one this run was trained with")
-        restore_train_state(state, self.model, self.optimizers, self.scheduler, self.scaler)
-        self.model.to(self.device)
-        for opt in self.optimizers.values():  # Adam moments follow their parameters
-            for st in opt.state.values():
-                for k, v in st.items():
-                    if isinstance(v, torch.Tensor) and k != "step":
-                        st[k] = v.to(self.device)
-        self.start_step = state.step
+        self._restore(state, self.model, self.optimizers, self.scheduler, self.scaler)
         self.log(f"resumed from {path} at step {state.step} (epoch {state.epoch})"
                  + (": a compact snapshot (fp16 weights, factored Adam second moments, first moments restart at 0; "
                     "close to, not bit-identical with, the uninterrupted run)" if snapshot else ""))
@@ -703,22 +307,11 @@ class Trainer:
         return [_crc(v) for v in self.losses.expression.state_dict().values()]
 
     def _setup_logging_outputs(self, resumed: bool) -> None:
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.tb = None
         if not self.dist.is_main:
+            self.metrics_path = self.run_dir / "metrics.jsonl"
             return
-        if not resumed and self.metrics_path.exists():  # a fresh start in a folder of an aborted attempt
-            from anytalk_core.io_utils import unique_path
-
-            os.replace(self.metrics_path, unique_path(self.metrics_path))
-        if resumed and self.metrics_path.exists():  # drop lines past the checkpoint (they will be redone)
-            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.start_step]
-            from anytalk_core.io_utils import atomic_output
-
-            with atomic_output(self.metrics_path, overwrite=True) as tmp:
-                Path(tmp).write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        if self.cfg["train"]["tensorboard"]:
+        self._reset_metrics(resumed)
+        if self.run.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -747,18 +340,13 @@ class Trainer:
         for name, value in self.losses.info.items():
             self.log(f"{name}: {json.dumps(value, default=str)}")
         if self.dist.is_main:
-            from anytalk_core.io_utils import atomic_output
-
-            doc = {"config": public(self.cfg), "run": info, "torch": torch.__version__,
-                   "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            with atomic_output(self.run_dir / "run_info.json", overwrite=True) as tmp:
-                Path(tmp).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+            self._write_json("run_info.json", {"config": public(self.cfg), "run": info, **environment()})
 
     # ----- the loop ---------------------------------------------------------------------------------
     def _loader(self):
         sampler = StepBatchSampler(self.steps_per_epoch, self.global_batch, self.accumulate, self.dist.world,
                                    self.dist.rank, self.start_step, self.end_step)
-        workers = int(self.cfg["train"]["num_workers"])
+        workers = self.run.train.num_workers
         return torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
             pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -770,10 +358,9 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _transform(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        e = self.cfg["equivariance"]
+        e = self.run.losses.equivariance
         g = torch.Generator().manual_seed(seed_for(self.cfg["seed"], "equivariance", step, micro * self.dist.world + self.dist.rank))
-        t = L.EquivarianceTransform.random(self.micro_batch, float(e["sigma_affine"]), float(e["sigma_tps"]),
-                                           int(e["points_tps"]), generator=g)
+        t = L.EquivarianceTransform.random(self.micro_batch, e.sigma_affine, e.sigma_tps, e.points_tps, generator=g)
         cp = t.control_params.to(self.device) if t.control_params is not None else None
         return t.theta.to(self.device), cp
 
@@ -802,7 +389,7 @@ class Trainer:
             p.requires_grad_(flag)
 
     def train_step(self, step: int, batches) -> dict:
-        epoch = step // self.steps_per_epoch + int(self.cfg["train"]["epoch_offset"])  # the schedules' epoch
+        epoch = step // self.steps_per_epoch + self.run.train.epoch_offset  # the schedules' epoch
         if epoch != self.scheduler.last_epoch:
             self.scheduler.apply(epoch)
         acc = self.accumulate
@@ -835,7 +422,8 @@ class Trainer:
         self.scaler.step(self.opt_g)
         # discriminator side
         self._set_disc_grad(True)
-        if float(self.cfg["gan"]["discriminator"]) and (self.cfg["gan"]["generator"] or any(self.cfg["gan"]["feature_matching"])):
+        gan = self.run.losses.gan
+        if gan.discriminator and (gan.generator or any(gan.feature_matching)):
             self.opt_d.zero_grad(set_to_none=True)
             power = self._power_iteration_state()
             for m, (batch, pred, _) in enumerate(kept):
@@ -872,93 +460,54 @@ class Trainer:
                     out["l1/" + k[len("l1_sum/"):]] = v / n
         return out
 
-    def _any_rank(self, flag: bool) -> bool:
-        if not self.dist.distributed:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t)
-        return bool(t.item() > 0)
+    def _steps(self):
+        return iter(self._loader())
 
-    def fit(self) -> dict:
-        """Run from the current step to the end of the schedule (or ``train.stop_after``)."""
-        from tqdm import tqdm
-
-        t = self.cfg["train"]
-        result = {"run_dir": str(self.run_dir), "start_step": self.start_step}
-        self.bar = tqdm(total=self.end_step, initial=self.start_step, desc=self.cfg["name"], unit="step",
-                        disable=not (self.dist.is_main and t["progress"]), dynamic_ncols=True, file=self.stream)
-        old_handlers = self._install_signal_handlers()
-        step = self.start_step
-        log_every, ckpt_every = max(1, int(t["log_every"])), int(t["checkpoint_every"])
-        sample_every = int(t["sample_every"])
-        budget = float(t["max_wall_seconds"])
-        window_t, window_n = time.time(), 0
-        window: dict[str, list[float]] = {}
-        timing = []
-        last_sample = -1
+    def _step(self, step: int, batches) -> dict[str, float]:
         try:
-            batches = iter(self._loader())
-            while step < self.end_step:
-                ts = time.time()
-                try:
-                    values = self.train_step(step, batches)
-                except DataError as exc:  # a clip that cannot be read: keep the progress, say which one
-                    if step > self.start_step:
-                        self.save(step)
-                    raise DataError(f"{exc} (at step {step}; progress saved: fix or drop the clip and --resume)") from None
-                step += 1
-                timing.append(time.time() - ts)
-                window_n += 1
-                for k, v in values.items():
-                    window.setdefault(k, []).append(v)
-                self.bar.update(1)
-                if step % log_every == 0 or step == self.end_step:
-                    means = self._summarise(window)
-                    window = {}
-                    now = time.time()
-                    rate = window_n / max(now - window_t, 1e-9)
-                    window_t, window_n = now, 0
-                    self._log_metrics(step, means, rate)
-                    self.bar.set_postfix(G=f"{means['generator_total']:.3f}", D=f"{means.get('discriminator', 0):.3f}")
-                if sample_every and step % sample_every == 0:
-                    self._save_samples(step)
-                    last_sample = step
-                over_budget = bool(budget) and self._any_rank(time.time() - self.t0 >= budget)
-                if over_budget and not self._interrupted:
-                    self.log(f"wall-clock budget spent (train.max_wall_seconds = {budget:g}, {time.time() - self.t0:.0f} s "
-                             f"since the start): saving step {step}")
-                    result["budget_spent"] = True
-                interrupted = self._any_rank(self._interrupted) or over_budget
-                if ckpt_every and step % ckpt_every == 0 or step == self.end_step or interrupted:
-                    self.save(step)
-                if self.cfg["train"]["snapshot_every_epochs"] and step % self.steps_per_epoch == 0:
-                    epoch = step // self.steps_per_epoch
-                    if epoch % int(self.cfg["train"]["snapshot_every_epochs"]) == 0:
-                        self.save(step, self.ckpt_dir / f"epoch_{epoch:04d}.safetensors")
-                check = int(t["check_sync_every"])
-                if self.dist.distributed and check and step % check == 0:
-                    self.check_sync(step)
-                if interrupted:
-                    self.log(f"interrupted: saved step {step}; continue with --resume")
-                    result["interrupted"] = True
-                    break
-        finally:
-            self.bar.close()
-            self._restore_signal_handlers(old_handlers)
-        result["end_step"] = step
-        steady = timing[1:] if len(timing) > 1 else timing
-        if steady:
-            result["steps_per_s"] = len(steady) / sum(steady)
+            return self.train_step(step, batches)
+        except DataError as exc:  # a clip that cannot be read: keep the progress, say which one
+            if step > self.start_step:
+                self.save(step)
+            raise DataError(f"{exc} (at step {step}; progress saved: fix or drop the clip and --resume)") from None
+
+    def _log_window(self, step: int, window: dict[str, list[float]], rate: float) -> None:
+        means = self._summarise(window)
+        self._log_metrics(step, means, rate)
+        self.bar.set_postfix(G=f"{means['generator_total']:.3f}", D=f"{means.get('discriminator', 0):.3f}")
+
+    def _after_step(self, step: int, result: dict) -> bool:
+        """Sample grids, and the wall-clock budget (True once it is spent)."""
+        t = self.run.train
+        if t.sample_every and step % t.sample_every == 0:
+            self._save_samples(step)
+            self._last_sample = step
+        budget = t.max_wall_seconds
+        over_budget = bool(budget) and self._any_rank(time.time() - self.t0 >= budget)
+        if over_budget and not self._interrupted:
+            self.log(f"wall-clock budget spent (train.max_wall_seconds = {budget:g}, {time.time() - self.t0:.0f} s "
+                     f"since the start): saving step {step}")
+            result["budget_spent"] = True
+        return over_budget
+
+    def _after_save(self, step: int) -> None:
+        """Epoch snapshots and, under DDP, the parameter check across ranks."""
+        t = self.run.train
+        if t.snapshot_every_epochs and step % self.steps_per_epoch == 0:
+            epoch = step // self.steps_per_epoch
+            if epoch % t.snapshot_every_epochs == 0:
+                self.save(step, self.ckpt_dir / f"epoch_{epoch:04d}.safetensors")
+        check = t.check_sync_every
+        if self.dist.distributed and check and step % check == 0:
+            self.check_sync(step)
+
+    def _finish(self, step: int, result: dict) -> None:
         if step == self.start_step:
             self.log("nothing to do: the checkpoint is already at the end of the schedule")
-        if step > self.start_step and last_sample != step:
+        if step > self.start_step and getattr(self, "_last_sample", -1) != step:
             self._save_samples(step)
         if self.dist.distributed:
             result["ranks_in_sync"] = self.check_sync(step)
-        if step >= self.total_steps and step > self.start_step and t["export"] and not result.get("interrupted"):
-            result["export"] = self.export()
-        self.log(f"done at step {step}" + (f", {result['steps_per_s']:.2f} steps/s" if "steps_per_s" in result else ""))
-        return result
 
     # ----- outputs ---------------------------------------------------------------------------------
     def _log_metrics(self, step: int, values: dict, rate: float) -> None:
@@ -972,8 +521,7 @@ class Trainer:
                 **{k: round(v, 6) for k, v in values.items()}}
         if self.scaler.is_enabled():
             line["grad_scale"] = float(self.scaler.get_scale())
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        self._write_metrics(line)
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"loss/{k}", v, step)
@@ -1025,10 +573,9 @@ class Trainer:
         if self.dist.is_main:
             self.log(f"step {step}: parameters identical on all {self.dist.world} ranks: {same}"
                      + (f" ({len(differing)} per-process buffers, e.g. {differing[0]})" if differing else ""))
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "ranks_in_sync": same, "world_size": self.dist.world,
-                                    "buffers_differing": len(differing),
-                                    "buffers_differing_kinds": sorted({b.rsplit(".", 1)[1] for b in differing})}) + "\n")
+            self._write_metrics({"step": step, "ranks_in_sync": same, "world_size": self.dist.world,
+                                 "buffers_differing": len(differing),
+                                 "buffers_differing_kinds": sorted({b.rsplit(".", 1)[1] for b in differing})})
         return same
 
     def provenance(self, step: int) -> dict:
@@ -1060,53 +607,13 @@ class Trainer:
             model = build_model(self.model_config, with_discriminator=True)
             model.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
         save_checkpoint(model, target, provenance=self.provenance(step),
-                        include_discriminator=bool(self.cfg["train"]["export_include_discriminator"]))
+                        include_discriminator=self.run.train.export_include_discriminator)
         load_model(target)  # the file must load with the library's own loader
         self.log(f"exported inference checkpoint {target}")
         self.barrier()
         return target
 
-    # ----- signals -----------------------------------------------------------------------------------
-    def _install_signal_handlers(self):
-        return install_interrupt_handlers(self)
-
-    _restore_signal_handlers = staticmethod(restore_signal_handlers)
-
-    def close(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        if getattr(self, "tb", None) is not None:
-            self.tb.close()
-
-
-def free_path(path: str | os.PathLike) -> str:
-    """``path`` when it is free, else the next numbered name beside it (nothing is ever overwritten)."""
-    from anytalk_core.io_utils import unique_path
-
-    path = os.fspath(path)
-    return path if not os.path.exists(path) else os.fspath(unique_path(path))
-
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
     torch.set_num_threads(1)
-
-
-def export_from_checkpoint(config: dict, checkpoint: str | None, out: str | None) -> str:
-    """Export the inference checkpoint of a run's training state without training."""
-    trainer = Trainer(config, resume=checkpoint or True)
-    try:
-        return trainer.export(out, step=trainer.start_step)
-    finally:
-        trainer.close()
-
-
-def run(config: dict, resume: bool | str = False) -> dict:
-    trainer = Trainer(config, resume=resume)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
