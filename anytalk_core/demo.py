@@ -10,6 +10,7 @@ contact-sheet PNG (rows: driving frames, generated frames, at evenly spaced time
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from .crop import apply_crop, crop_full
-from .engine import Engine, EngineConfig, StageProgressFn, stage_progress
+from .engine import Engine, EngineConfig, StageProgressFn
 from .io_utils import unique_path
 from .media import VideoWriter, iter_video_frames, load_image, probe_video, read_audio, save_image
+from .models.base import TransferOptions
+from .stages import animate_clip, driving_stage, render_stage, transfer_stage
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 DEMO_CHECKPOINT = "anytalk_demo.safetensors"
@@ -195,7 +198,6 @@ def demo_frames(checkpoint: "str | Path | torch.nn.Module | None" = None, source
     ``checkpoint``: a file (default: the bundled model) or a loaded model; ``driving``: a video file (default:
     the bundled clip) or frames (N, 3, H, W) in 0..1 at ``fps``."""
     from .checkpoints import load_model
-    from .models.base import TransferOptions
 
     if isinstance(checkpoint, torch.nn.Module):
         model = checkpoint
@@ -209,11 +211,16 @@ def demo_frames(checkpoint: "str | Path | torch.nn.Module | None" = None, source
     else:
         driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
         fps = probe_video(driving).fps
-        frames = torch.cat([fit_square(c.permute(0, 3, 1, 2).float() / 255, size)
-                            for c in iter_video_frames(driving, fps=fps, chunk=16)])
-    generated = torch.cat([g.float().cpu().clamp(0, 1) for g in
-                           engine.animate(fit_square(source_image, size), frames, TransferOptions(), fps=fps)])
+        frames = torch.cat(list(_fitted_frames(driving, fps, size)))
+    clip = animate_clip(engine, fit_square(source_image, size), frames, TransferOptions(), fps=fps)
+    generated = torch.cat(list(clip))
     return frames, generated
+
+
+def _fitted_frames(driving: Path, fps: float, size: int) -> Iterator[torch.Tensor]:
+    """The driving video's frames fitted whole into squares of ``size``: (n, 3, size, size) in 0..1."""
+    for chunk in iter_video_frames(driving, fps=fps):
+        yield fit_square(chunk.permute(0, 3, 1, 2).float() / 255, size)
 
 
 def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, source: str | Path | None = None,
@@ -224,7 +231,6 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     ``tile``: pixel size of each of the three panels of the video (the model itself runs at its own size).
     """
     from .checkpoints import load_model
-    from .models.base import TransferOptions
 
     checkpoint = Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)
     source = Path(source) if source else demo_file(DEMO_SOURCE)
@@ -250,23 +256,28 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
     size = model.config.image_size
     engine = Engine(model, EngineConfig(device=device, precision=precision))
     state = engine.prepare_source(fit_square(source_image, size))
-
-    def driving_chunks(target: int):
-        for chunk in iter_video_frames(driving, fps=info.fps, chunk=16):
-            yield fit_square(chunk.permute(0, 3, 1, 2).float() / 255, target)
-
-    total = max(info.frame_count, 1)
-    motion = engine.estimate_motion(driving_chunks(size), total=total, fps=info.fps,
-                                    progress=stage_progress(progress, "motion", total))
-    keypoints = engine.driven_keypoints(state, motion, TransferOptions())
-    n = keypoints.shape[0]
-    generated_all, driving_all = [], []
+    driving_motion = driving_stage(engine, info.fps, frames=_fitted_frames(driving, info.fps, size),
+                                   total=info.frame_count, progress=progress)
+    keypoints = transfer_stage(engine, state, driving_motion, TransferOptions())
     audio = read_audio(driving) if info.has_audio and video_format != "gif" else None
+    generated_all, driving_all = _demo_assemble(video_path, info.fps, audio, source_image, size, tile,
+                                                _fitted_frames(driving, info.fps, tile),
+                                                render_stage(engine, state, keypoints, progress=progress))
+    sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), fit_square(source_image, size))
+    save_image(sheet, sheet_path)
+    return DemoResult(video_path, sheet_path, len(keypoints), info.fps)
+
+
+def _demo_assemble(video_path: Path, fps: float, audio: dict | None, source_image: torch.Tensor, size: int, tile: int,
+                   drivers: Iterator[torch.Tensor], rendered: Iterator[torch.Tensor]):
+    """The demo's Assemble: write driving | source | result rows of ``tile`` px; returns the frames for the sheet.
+
+    Returns ``(generated, driving)``: lists of (n, 3, S, S) chunks at the model's size."""
+    generated_all, driving_all = [], []
     source_tile = fit_square(source_image, tile)
-    with VideoWriter(video_path, fps=info.fps, audio=audio) as writer:
-        drivers = driving_chunks(tile)
+    with VideoWriter(video_path, fps=fps, audio=audio) as writer:
         pending = torch.empty(0, 3, tile, tile)
-        for generated in engine.render(state, keypoints, progress=stage_progress(progress, "render", n)):
+        for generated in rendered:
             generated = generated.float().cpu().clamp(0, 1)
             while pending.shape[0] < generated.shape[0]:
                 pending = torch.cat([pending, next(drivers)])
@@ -276,6 +287,4 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
             writer.write(row.permute(0, 2, 3, 1))
             generated_all.append(generated)
             driving_all.append(fit_square(drv, size))
-    sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), fit_square(source_image, size))
-    save_image(sheet, sheet_path)
-    return DemoResult(video_path, sheet_path, n, info.fps)
+    return generated_all, driving_all

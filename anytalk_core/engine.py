@@ -245,23 +245,6 @@ class Engine:
         if cancel is not None and cancel():
             raise EngineInterrupted("interrupted by the user")
 
-    # --- all together ------------------------------------------------------------------------------
-    def animate(self, source_image: torch.Tensor, driving_frames: torch.Tensor | Iterable[torch.Tensor],
-                options: TransferOptions | None = None, smoothing: float = 0.0, fps: float = 25.0,
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                total: int | None = None) -> Iterator[torch.Tensor]:
-        """Source image + driving frames -> generated frames, streamed chunk by chunk (n, 3, H, W).
-
-        ``progress(done, total)`` counts output frames as they are rendered (the slow stage), so its rate and
-        time estimate are the rendering's; motion estimation (a few percent of the time) is not reported.
-        """
-        source = self.prepare_source(source_image)
-        motion = self.estimate_motion(driving_frames, total=total, cancel=cancel, fps=fps)
-        if smoothing > 0:
-            motion = smooth_motion(motion, fps, smoothing)
-        keypoints = self.driven_keypoints(source, motion, options)
-        yield from self.render(source, keypoints, cancel=cancel, progress=progress)
-
 
 def stage_progress(progress: StageProgressFn | None, stage: str, total: int | None = None) -> ProgressFn | None:
     """The engine's ``(done, total)`` callback of one stage of a run, reported as ``progress(stage, done, total)``.

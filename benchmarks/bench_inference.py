@@ -28,9 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anytalk_core.checkpoints import save_checkpoint  # noqa: E402
 from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
+from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
+from anytalk_core.stages import animate_clip  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -171,11 +173,9 @@ def main() -> None:
 
     def engine_path(precision: str, fast: bool = True, channels_last: bool = False) -> torch.Tensor:
         SPADE.fast_upsampled_modulation = fast
-        from anytalk_core.models.base import TransferOptions
-
         engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4,
                                             channels_last=channels_last))
-        frames = torch.cat(list(engine.animate(source, driving, TransferOptions(mode="absolute"))))
+        frames = torch.cat(list(animate_clip(engine, source, driving, TransferOptions(mode="absolute"))))
         SPADE.fast_upsampled_modulation = True
         if channels_last:
             model.generator.to(memory_format=torch.contiguous_format)

@@ -237,6 +237,7 @@ class LivePortraitModel(TalkingHeadModel):
     """
 
     family = FAMILY
+    transfer_options_type = LivePortraitOptions
 
     def __init__(self, config: ModelConfig, with_discriminator: bool = False):
         super().__init__(config)  # no discriminator was released: with_discriminator has no effect
