@@ -80,7 +80,8 @@ def mix_speech(motion: Motion, speech: Motion, rest: Motion) -> Driving:
 
 def driving_stage(engine: Engine, fps: float, frames: torch.Tensor | Iterable[torch.Tensor] | None = None,
                   total: int | None = None, motion: Motion | None = None, audio: object = None,
-                  audio_drives_expression: bool = True, progress: StageProgressFn | None = None, cancel: CancelFn | None = None) -> Driving:
+                  audio_drives_expression: bool = True, progress: StageProgressFn | None = None,
+                  cancel: CancelFn | None = None) -> Driving:
     """Frames (chunks in any layout the engine accepts), a ready motion, speech, or one of them plus speech.
 
     With frames or a motion and speech (``audio_drives_expression``), the pose comes from the former and the
@@ -126,6 +127,29 @@ def render_stage(engine: Engine, state: SourceState, keypoints: torch.Tensor,
     """Generated frames (n, 3, S, S) float32 on the CPU, streamed chunk by chunk (the engine's chunks)."""
     return engine.render(state, keypoints, progress=stage_progress(progress, "render", len(keypoints)), cancel=cancel)
 
+
+
+# --- Assemble helpers ------------------------------------------------------------------------------
+def aligned(rendered: Iterable[torch.Tensor],
+            frames: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each rendered chunk (n, ...) with the next n frames of another stream of chunks (driving or true frames);
+    stops when either runs out (the last pair may then be shorter on the stream's side)."""
+    stream = iter(frames)
+    pending: list[torch.Tensor] = []
+    have = 0
+    for chunk in rendered:
+        n = chunk.shape[0]
+        while have < n:
+            piece = next(stream, None)
+            if piece is None:
+                break
+            pending.append(piece)
+            have += piece.shape[0]
+        if have == 0:
+            return
+        joined = torch.cat(pending)
+        yield chunk, joined[:n]
+        pending, have = [joined[n:]], max(have - n, 0)
 
 # --- all together, in memory ------------------------------------------------------------------------
 def animate_clip(engine: Engine, source_image: torch.Tensor, driving_frames: torch.Tensor | Iterable[torch.Tensor],

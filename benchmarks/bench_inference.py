@@ -68,7 +68,7 @@ def peak_rss_of(cmd: list[str]) -> float:
                "    print('PEAK_RSS_KB', hwm, file=sys.stderr)\n"
                "atexit.register(report)\n"
                "sys.argv = sys.argv[1:]\n"
-               "runpy.run_module('anytalk_core.cli', run_name='__main__')\n")
+               "runpy.run_module('anytalk_app.cli', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", wrapper, "anytalk", *cmd], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])

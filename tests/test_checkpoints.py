@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from anytalk_core import checkpoints
 from anytalk_core.checkpoints import CheckpointError
-from anytalk_core.cli import main as cli_main
+from anytalk_app.cli import main as cli_main
 from anytalk_core.models.config import ModelConfig, tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.engine import Engine, EngineConfig
@@ -192,5 +192,5 @@ def test_cli_convert_writes_once_and_reports_errors(tiny_model, tmp_path, capsys
 
 
 def test_console_script_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "anytalk_core.cli", "--version"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "anytalk_app.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "anytalk" in result.stdout

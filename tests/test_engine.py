@@ -145,7 +145,8 @@ def test_smoothing_strength_zero_is_identity_and_one_reduces_jitter(model, clip)
 
 
 def test_non_finite_frames_stop_with_a_hint_and_oom_errors_point_to_the_readme(monkeypatch):
-    from anytalk_core import cli, engine as engine_module
+    from anytalk_app import cli
+    from anytalk_core import engine as engine_module
     from anytalk_core.models.config import tiny_config
     from anytalk_core.models.registry import build_model
 

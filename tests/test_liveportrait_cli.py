@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from anytalk_core.checkpoints import load_model
-from anytalk_core.cli import main
+from anytalk_app.cli import main
 from anytalk_core.media import probe_video, save_image, write_video
 from anytalk_core.models.liveportrait import MODULE_FILES, STITCHING_FILE, LivePortraitModel
 from anytalk_core.engine import Engine, EngineConfig
