@@ -200,6 +200,23 @@ class Engine:
         ref = reference.to(self.device) if reference is not None else None
         return self.model.driven_keypoints(source, driving.to(self.device), options, ref).to("cpu")
 
+    @torch.no_grad()
+    def retargeted_keypoints(self, source: SourceState, driving: Motion, options: TransferOptions | None = None,
+                             reference: Motion | None = None, eye_ratio: float | None = None,
+                             lip_ratio: float | None = None) -> torch.Tensor:
+        """Driven keypoints (N, K, 3) with the eyes / lips retargeted to these open ratios before stitching.
+
+        Families without retargeting networks (face-vid2vid) ignore the ratios: their plain driven keypoints."""
+        if (eye_ratio is None and lip_ratio is None) or not hasattr(self.model, "retarget_eye"):
+            return self.driven_keypoints(source, driving, options, reference=reference)
+        from .expression_edit import retarget, retargeted_keypoints
+
+        delta = retarget(self.model, source.keypoints, eye_ratios=eye_ratio, lip_ratios=lip_ratio,
+                         eyes=eye_ratio is not None, lips=lip_ratio is not None)
+        ref = reference.to(self.device) if reference is not None else None
+        return retargeted_keypoints(self.model, source, driving.to(self.device), options, reference=ref,
+                                    retarget_delta=delta).to("cpu")
+
     # --- rendering ---------------------------------------------------------------------------------
     @torch.no_grad()
     def render(self, source: SourceState, keypoints: torch.Tensor, progress: ProgressFn | None = None,
