@@ -1,16 +1,11 @@
-"""``anytalk demo``: animate the bundled cartoon-animal portrait with the bundled synthetic human clip.
+"""The demo's and the workflows' example inputs, rendered (deterministic), and fitting frames into squares.
 
-The demo model (``assets/demo/anytalk_demo.safetensors``) was trained by ``anytalk-train
-training/configs/demo.toml`` on synthetic heads only (64 px, CPU). The demo writes two files and never
-overwrites: a video (driving | source | result, side by side, with the driving clip's audio) and a
-contact-sheet PNG (rows: driving frames, generated frames, at evenly spaced times).
-
-:func:`make_demo_inputs` is how the bundled source image and driving clip were made (deterministic).
+:func:`make_demo_inputs` is how the bundled source image and driving clip of ``anytalk demo`` (the application,
+``anytalk_app.demo``) were made; :func:`make_workflow_inputs` renders the example inputs of ``workflows/``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,36 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from .crop import apply_crop, crop_full
-from .engine import Engine, EngineConfig, StageProgressFn, stage_progress
 from .io_utils import unique_path
-from .media import VideoWriter, iter_video_frames, load_image, probe_video, read_audio, save_image
+from .media import VideoWriter, save_image
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
-DEMO_CHECKPOINT = "anytalk_demo.safetensors"
 DEMO_SOURCE = "source_animal.png"
 DEMO_DRIVING = "driving_human.mp4"
 
 # Identities of the bundled inputs: a tagged seed namespace no training or benchmark run draws from.
 _SOURCE_SEED = (0xDE30, 1, 7)
 _DRIVER_SEED = (0xDE30, 2, 2)
-
-
-@dataclass
-class DemoResult:
-    video: Path
-    contact_sheet: Path
-    frames: int
-    fps: float
-
-
-def demo_file(name: str) -> Path:
-    """A bundled demo file; a clear error when the repository's ``assets/demo`` is not beside the package."""
-    path = DEMO_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: bundled demo file not found. The demo files live in the repository's assets/demo "
-            f"folder: install from a clone (pip install -e .) or pass --checkpoint/--source/--driving")
-    return path
 
 
 def demo_motion(n_frames: int, fps: float, rng: np.random.Generator):
@@ -164,118 +138,3 @@ def fit_square(frames: torch.Tensor, size: int) -> torch.Tensor:
         return frames
     mode = "nearest-exact" if frames.shape[-1] < size else "area"
     return F.interpolate(frames, size=(size, size), mode=mode).clamp_(0, 1)
-
-
-def contact_sheet(driving: torch.Tensor, generated: torch.Tensor, source: torch.Tensor, columns: int = 8,
-                  tile: int = 128, gap: int = 4) -> torch.Tensor:
-    """A PNG-ready (H, W, 3) sheet: source tile, then ``columns`` evenly spaced driving and generated frames.
-
-    ``driving`` and ``generated``: (N, 3, h, w) in 0..1; ``source``: (1, 3, h, w).
-    """
-    n = generated.shape[0]
-    idx = torch.linspace(0, n - 1, steps=min(columns, n)).round().long()
-    rows = [fit_square(driving[idx], tile), fit_square(generated[idx], tile)]
-    width = (len(idx) + 1) * (tile + gap) + gap
-    sheet = torch.ones(3, 2 * (tile + gap) + gap, width)
-    src = fit_square(source, tile)[0]
-    sheet[:, gap + (tile + gap) // 2: gap + (tile + gap) // 2 + tile, gap:gap + tile] = src
-    for r, row in enumerate(rows):
-        y = gap + r * (tile + gap)
-        for c in range(len(idx)):
-            x = gap + (c + 1) * (tile + gap)
-            sheet[:, y:y + tile, x:x + tile] = row[c]
-    return sheet.permute(1, 2, 0)
-
-
-def demo_frames(checkpoint: "str | Path | torch.nn.Module | None" = None, source: str | Path | None = None,
-                driving: str | Path | torch.Tensor | None = None, device: str = "cpu",
-                fps: float = 25.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The demo in memory at the model's own size: ``(driving, generated)``, each (N, 3, S, S) in 0..1.
-
-    ``checkpoint``: a file (default: the bundled model) or a loaded model; ``driving``: a video file (default:
-    the bundled clip) or frames (N, 3, H, W) in 0..1 at ``fps``."""
-    from .checkpoints import load_model
-    from .models.base import TransferOptions
-
-    if isinstance(checkpoint, torch.nn.Module):
-        model = checkpoint
-    else:
-        model = load_model(str(Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)))
-    size = model.config.image_size
-    engine = Engine(model, EngineConfig(device=device))
-    source_image = load_image(Path(source) if source else demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
-    if isinstance(driving, torch.Tensor):
-        frames = fit_square(driving.float(), size)
-    else:
-        driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
-        fps = probe_video(driving).fps
-        frames = torch.cat([fit_square(c.permute(0, 3, 1, 2).float() / 255, size)
-                            for c in iter_video_frames(driving, fps=fps, chunk=16)])
-    generated = torch.cat([g.float().cpu().clamp(0, 1) for g in
-                           engine.animate(fit_square(source_image, size), frames, TransferOptions(), fps=fps)])
-    return frames, generated
-
-
-def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, source: str | Path | None = None,
-             driving: str | Path | None = None, device: str = "auto", precision: str = "fp32", tile: int = 256,
-             video_format: str = "mp4", progress: StageProgressFn | None = None) -> DemoResult:
-    """Animate the source with the driving clip; write ``anytalk_demo_NNNNN.<video_format>`` and ``..._sheet.png``.
-
-    ``tile``: pixel size of each of the three panels of the video (the model itself runs at its own size).
-    """
-    from .checkpoints import load_model
-    from .models.base import TransferOptions
-
-    checkpoint = Path(checkpoint) if checkpoint else demo_file(DEMO_CHECKPOINT)
-    source = Path(source) if source else demo_file(DEMO_SOURCE)
-    driving = Path(driving) if driving else demo_file(DEMO_DRIVING)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: is a file; --out-dir must be a folder (a missing one is created)")
-    if video_format not in ("mp4", "webm", "gif"):
-        raise ValueError(f"video format must be mp4, webm or gif, got {video_format!r}")
-    if not MIN_TILE <= tile <= MAX_TILE:
-        raise ValueError(f"tile must be between {MIN_TILE} and {MAX_TILE} pixels, got {tile}")
-    # Every input is read before the model is loaded, and the folder made only once the model has loaded.
-    source_image = load_image(source).permute(2, 0, 1).unsqueeze(0)
-    info = probe_video(driving)
-    model = load_model(str(checkpoint))
-    out.mkdir(parents=True, exist_ok=True)
-    n = int(unique_path(out / f"anytalk_demo.{video_format}").stem.rsplit("_", 1)[1])
-    while (out / f"anytalk_demo_{n:05d}.{video_format}").exists() or (out / f"anytalk_demo_{n:05d}_sheet.png").exists():
-        n += 1  # a video of another format took this number's sheet
-    video_path = out / f"anytalk_demo_{n:05d}.{video_format}"
-    sheet_path = out / f"anytalk_demo_{n:05d}_sheet.png"
-
-    size = model.config.image_size
-    engine = Engine(model, EngineConfig(device=device, precision=precision))
-    state = engine.prepare_source(fit_square(source_image, size))
-
-    def driving_chunks(target: int):
-        for chunk in iter_video_frames(driving, fps=info.fps, chunk=16):
-            yield fit_square(chunk.permute(0, 3, 1, 2).float() / 255, target)
-
-    total = max(info.frame_count, 1)
-    motion = engine.estimate_motion(driving_chunks(size), total=total, fps=info.fps,
-                                    progress=stage_progress(progress, "motion", total))
-    keypoints = engine.driven_keypoints(state, motion, TransferOptions())
-    n = keypoints.shape[0]
-    generated_all, driving_all = [], []
-    audio = read_audio(driving) if info.has_audio and video_format != "gif" else None
-    source_tile = fit_square(source_image, tile)
-    with VideoWriter(video_path, fps=info.fps, audio=audio) as writer:
-        drivers = driving_chunks(tile)
-        pending = torch.empty(0, 3, tile, tile)
-        for generated in engine.render(state, keypoints, progress=stage_progress(progress, "render", n)):
-            generated = generated.float().cpu().clamp(0, 1)
-            while pending.shape[0] < generated.shape[0]:
-                pending = torch.cat([pending, next(drivers)])
-            drv, pending = pending[: generated.shape[0]], pending[generated.shape[0]:]
-            big = fit_square(generated, tile)
-            row = torch.cat([drv, source_tile.expand_as(big), big], dim=-1)
-            writer.write(row.permute(0, 2, 3, 1))
-            generated_all.append(generated)
-            driving_all.append(fit_square(drv, size))
-    sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), fit_square(source_image, size))
-    save_image(sheet, sheet_path)
-    return DemoResult(video_path, sheet_path, n, info.fps)

@@ -200,6 +200,23 @@ class Engine:
         ref = reference.to(self.device) if reference is not None else None
         return self.model.driven_keypoints(source, driving.to(self.device), options, ref).to("cpu")
 
+    @torch.no_grad()
+    def retargeted_keypoints(self, source: SourceState, driving: Motion, options: TransferOptions | None = None,
+                             reference: Motion | None = None, eye_ratio: float | None = None,
+                             lip_ratio: float | None = None) -> torch.Tensor:
+        """Driven keypoints (N, K, 3) with the eyes / lips retargeted to these open ratios before stitching.
+
+        Families without retargeting networks (face-vid2vid) ignore the ratios: their plain driven keypoints."""
+        if (eye_ratio is None and lip_ratio is None) or not hasattr(self.model, "retarget_eye"):
+            return self.driven_keypoints(source, driving, options, reference=reference)
+        from .expression_edit import retarget, retargeted_keypoints
+
+        delta = retarget(self.model, source.keypoints, eye_ratios=eye_ratio, lip_ratios=lip_ratio,
+                         eyes=eye_ratio is not None, lips=lip_ratio is not None)
+        ref = reference.to(self.device) if reference is not None else None
+        return retargeted_keypoints(self.model, source, driving.to(self.device), options, reference=ref,
+                                    retarget_delta=delta).to("cpu")
+
     # --- rendering ---------------------------------------------------------------------------------
     @torch.no_grad()
     def render(self, source: SourceState, keypoints: torch.Tensor, progress: ProgressFn | None = None,
@@ -244,23 +261,6 @@ class Engine:
     def _check_cancel(cancel: CancelFn | None) -> None:
         if cancel is not None and cancel():
             raise EngineInterrupted("interrupted by the user")
-
-    # --- all together ------------------------------------------------------------------------------
-    def animate(self, source_image: torch.Tensor, driving_frames: torch.Tensor | Iterable[torch.Tensor],
-                options: TransferOptions | None = None, smoothing: float = 0.0, fps: float = 25.0,
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                total: int | None = None) -> Iterator[torch.Tensor]:
-        """Source image + driving frames -> generated frames, streamed chunk by chunk (n, 3, H, W).
-
-        ``progress(done, total)`` counts output frames as they are rendered (the slow stage), so its rate and
-        time estimate are the rendering's; motion estimation (a few percent of the time) is not reported.
-        """
-        source = self.prepare_source(source_image)
-        motion = self.estimate_motion(driving_frames, total=total, cancel=cancel, fps=fps)
-        if smoothing > 0:
-            motion = smooth_motion(motion, fps, smoothing)
-        keypoints = self.driven_keypoints(source, motion, options)
-        yield from self.render(source, keypoints, cancel=cancel, progress=progress)
 
 
 def stage_progress(progress: StageProgressFn | None, stage: str, total: int | None = None) -> ProgressFn | None:

@@ -13,21 +13,21 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import torch
 
-from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full, paste_back
+from .crop import CropSpec, paste_back
 from .demo import MAX_TILE, MIN_TILE, fit_square
-from .engine import Engine, EngineConfig, StageProgressFn, smooth_motion, stage_progress
+from .engine import Engine, EngineConfig, StageProgressFn
 from .io_utils import check_can_write
 from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_audio, probe_video, read_audio
 from .media._files import check_input_file, media_error, open_media
 from .models.base import TalkingHeadModel, TransferOptions
-from .motion import mix
+from .stages import crop_spec, cropped_frames, driving_stage, render_stage, source_stage, transfer_stage
 
 
 @dataclass
@@ -74,17 +74,6 @@ def parse_crop(text: str) -> str | tuple[float, float, float, float]:
     if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
         raise ValueError(f"crop must be full, auto or X,Y,W,H with a positive width and height, got {text!r}")
     return box  # type: ignore[return-value]
-
-
-def crop_spec_for(image: torch.Tensor, mode: str, size: int) -> CropSpec:
-    """Crop of one image (1, 3, H, W) for a crop option string."""
-    parsed = parse_crop(mode)
-    hw = tuple(image.shape[-2:])
-    if parsed == "full":
-        return crop_full(hw, size)
-    if parsed == "auto":
-        return crop_auto(image, size)
-    return crop_box(hw, parsed, size)
 
 
 def check_paths(source: str, driving: str | None, out: str, overwrite: bool, extra_inputs: tuple[str, ...] = (),
@@ -151,59 +140,48 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     engine = Engine(model, options.engine)
     size = model.config.image_size
 
-    original = load_image(source).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W)
-    spec = crop_spec_for(original, options.crop, size)
+    portrait = source_stage(engine, load_image(source).permute(2, 0, 1).unsqueeze(0), parse_crop(options.crop))
     if say is not None and options.crop == "auto":
-        say(describe_auto_crop(spec, "source"))
-    source_state = engine.prepare_source(apply_crop(original, spec))
+        say(describe_auto_crop(portrait.spec, "source"))
     if options.release_networks:
         model.release_networks(model.source_only_modules)
 
-    motion, reference = None, None
     fps = info.fps if info is not None else float(options.fps)
-    if driving is not None:
-        total = max(info.frame_count, 1)
-        motion = engine.estimate_motion(_driving_chunks(driving, fps, options, size, say), total=total,
-                                        progress=stage_progress(progress, "motion", total), fps=fps)
-    if sound is not None:
-        speech = engine.audio_motion(sound, fps, n_frames=len(motion) if motion is not None else None,
-                                     progress=stage_progress(progress, "audio"))
-        rest = engine.rest_motion(fps)
-        motion, reference = (speech, rest) if motion is None else (mix(motion, speech), mix(motion[0], rest))
-    if options.smoothing > 0:
-        motion = smooth_motion(motion, fps, options.smoothing)
-    keypoints = engine.driven_keypoints(source_state, motion, options.transfer, reference=reference)
+    frames = _driving_frames(driving, fps, options.driving_crop, size, say) if driving is not None else None
+    motion = driving_stage(engine, fps, frames=frames, total=info.frame_count if info is not None else None,
+                           audio=sound, progress=progress)
+    keypoints = transfer_stage(engine, portrait.state, motion, options.transfer, options.smoothing, fps)
     if options.release_networks:
         model.release_networks(model.networks_not_needed_for_rendering())
 
     if sound is None and options.keep_audio and info.has_audio:
         sound = read_audio(driving)
     if say is not None:
-        say(_output_size_note(tuple(original.shape[-2:]), size, options))
+        say(_output_size_note(tuple(portrait.original.shape[-2:]), size, options))
     with VideoWriter(out_path, fps=fps, audio=sound, overwrite=options.overwrite) as writer:
-        render_progress = stage_progress(progress, "render", len(keypoints))
-        for generated in engine.render(source_state, keypoints, progress=render_progress):
+        for generated in render_stage(engine, portrait.state, keypoints, progress=progress):
             if options.paste_back:
-                generated = paste_back(original, generated, spec)
+                generated = paste_back(portrait.original, generated, portrait.spec)
             elif options.upscale is not None:
                 generated = fit_square(generated, options.upscale)
             writer.write(generated.permute(0, 2, 3, 1))
     return out_path
 
 
-def _driving_chunks(driving: str, fps: float, options: AnimateOptions, size: int,
-                    say: Callable[[str], None] | None = None):
-    """The driving video's frames, cropped for the model, chunk by chunk: (n, 3, size, size) in 0..1."""
-    frames = iter_video_frames(driving, fps=fps, chunk=options.engine.chunk_size)
+def _driving_frames(driving: str, fps: float, crop: str, size: int,
+                    say: Callable[[str], None] | None = None) -> Iterator[torch.Tensor]:
+    """The driving video's frames cropped for the model, one at a time: (1, 3, size, size) in 0..1.
+
+    Frame by frame: a full-size float copy of one frame at most (the engine makes its own chunks)."""
+    frames = (frame for piece in iter_video_frames(driving, fps=fps) for frame in piece)
     first = next(frames, None)
     if first is None:
         raise ValueError(f"{driving}: the video has no frames")
-    driving_spec = crop_spec_for(first[:1].permute(0, 3, 1, 2).float() / 255, options.driving_crop, size)
-    if say is not None and options.driving_crop == "auto":
-        say(describe_auto_crop(driving_spec, "driving video (its first frame's box, kept for every frame)"))
-    for piece in itertools.chain([first], frames):  # frame by frame: a full-size float copy of one frame at most
-        yield torch.cat([apply_crop(frame.permute(2, 0, 1).unsqueeze(0).float() / 255, driving_spec)
-                         for frame in piece])
+    spec = crop_spec(first.permute(2, 0, 1).unsqueeze(0).float() / 255, parse_crop(crop), size)
+    if say is not None and crop == "auto":
+        say(describe_auto_crop(spec, "driving video (its first frame's box, kept for every frame)"))
+    full = (frame.permute(2, 0, 1).unsqueeze(0).float() / 255 for frame in itertools.chain([first], frames))
+    return cropped_frames(full, spec)
 
 
 def check_audio(path: str) -> None:

@@ -28,9 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anytalk_core.checkpoints import save_checkpoint  # noqa: E402
 from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
+from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
+from anytalk_core.stages import animate_clip  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -66,7 +68,7 @@ def peak_rss_of(cmd: list[str]) -> float:
                "    print('PEAK_RSS_KB', hwm, file=sys.stderr)\n"
                "atexit.register(report)\n"
                "sys.argv = sys.argv[1:]\n"
-               "runpy.run_module('anytalk_core.cli', run_name='__main__')\n")
+               "runpy.run_module('anytalk_app.cli', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", wrapper, "anytalk", *cmd], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
@@ -171,11 +173,9 @@ def main() -> None:
 
     def engine_path(precision: str, fast: bool = True, channels_last: bool = False) -> torch.Tensor:
         SPADE.fast_upsampled_modulation = fast
-        from anytalk_core.models.base import TransferOptions
-
         engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4,
                                             channels_last=channels_last))
-        frames = torch.cat(list(engine.animate(source, driving, TransferOptions(mode="absolute"))))
+        frames = torch.cat(list(animate_clip(engine, source, driving, TransferOptions(mode="absolute"))))
         SPADE.fast_upsampled_modulation = True
         if channels_last:
             model.generator.to(memory_format=torch.contiguous_format)

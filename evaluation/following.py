@@ -130,10 +130,11 @@ def audio_mouth_following(model: torch.nn.Module, clips: int = 6, seconds: float
 
 
 def demo_following(checkpoint=None, source=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """The demo (``anytalk_core.demo``; bundled model and source unless named) on its two drivers: the bundled
+    """The demo (``anytalk_app.demo``; bundled model and source unless named) on its two drivers: the bundled
     clip for :func:`pose_following`, the same talking face held still for :func:`mouth_following`."""
+    from anytalk_app.demo import DEMO_CHECKPOINT, demo_file, demo_frames
     from anytalk_core.checkpoints import load_model
-    from anytalk_core.demo import DEMO_CHECKPOINT, demo_driving, demo_file, demo_frames
+    from anytalk_core.demo import demo_driving
 
     model = load_model(str(checkpoint or demo_file(DEMO_CHECKPOINT)))
     driving, generated = demo_frames(model, source)

@@ -35,6 +35,7 @@ from anytalk_core.crop import apply_crop, crop_full
 from anytalk_core.engine import Engine, rechunk
 from anytalk_core.media import iter_video_frames, load_image
 from anytalk_core.models.base import TransferOptions
+from anytalk_core.stages import Driving, aligned, render_stage, transfer_stage
 
 from .metrics import (
     METRICS,
@@ -383,7 +384,7 @@ def _u8(frames: torch.Tensor) -> np.ndarray:
 
 
 def _motion(engine: Engine, clip: Clip, size: int, skip: int, max_frames: int | None):
-    chunks = (to_model_frames(c, size) for c in _skip_first(iter_clip(clip, engine.config.chunk_size, max_frames), skip))
+    chunks = (to_model_frames(c, size) for c in _skip_first(iter_clip(clip, max_frames=max_frames), skip))
     return engine.estimate_motion(chunks)
 
 
@@ -411,12 +412,12 @@ def evaluate_reconstruction(engine: Engine, clips: list[Clip], backends: Backend
             skipped_clips.append(f"{clip.name} (a single frame: nothing to reconstruct)")
             continue
         state = engine.prepare_source(source_frame)
-        keypoints = engine.driven_keypoints(state, motion, transfer)
+        keypoints = transfer_stage(engine, state, Driving(motion), transfer)
         source_embedding = None
         if backends.active("csim"):
             source_embedding = backends.embed(_u8(source_frame))[0]
-        truth = rechunk(_skip_first(iter_clip(clip, engine.config.chunk_size, max_frames), 1), engine.config.chunk_size)
-        for generated, real in zip(engine.render(state, keypoints), truth):
+        truth = _skip_first(iter_clip(clip, max_frames=max_frames), 1)
+        for generated, real in aligned(render_stage(engine, state, keypoints), truth):
             acc.update(_u8(generated), _u8(to_model_frames(real, size)), source_embedding)
         used += 1
         if progress:
@@ -462,11 +463,11 @@ def evaluate_reenactment(engine: Engine, sources: list[Path], drivers: list[Clip
         if di not in motions:
             motions[di] = _motion(engine, drivers[di], size, 0, max_frames)
             if fid_reference == "drivers" and acc.fid_reference is not None:
-                for chunk in iter_clip(drivers[di], engine.config.chunk_size, max_frames):
+                for chunk in iter_clip(drivers[di], max_frames=max_frames):
                     acc.add_fid_reference(_u8(to_model_frames(chunk, size)))
         state = engine.prepare_source(src)
-        keypoints = engine.driven_keypoints(state, motions[di], transfer)  # type: ignore[arg-type]
-        for generated in engine.render(state, keypoints):
+        keypoints = transfer_stage(engine, state, Driving(motions[di]), transfer)  # type: ignore[arg-type]
+        for generated in render_stage(engine, state, keypoints):
             acc.update(_u8(generated), None, embeddings[si])
         if progress:
             progress(f"{sources[si].name} x {drivers[di].name}: {keypoints.shape[0]} frames")

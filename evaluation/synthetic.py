@@ -158,12 +158,13 @@ def mean_row(rows: list[dict]) -> dict:
 def _engine_animate(model, device: str, precision: str, chunk: int) -> AnimateFn:
     from anytalk_core.engine import Engine, EngineConfig
     from anytalk_core.models.base import TransferOptions
+    from anytalk_core.stages import animate_clip
 
     engine = Engine(model, EngineConfig(device=device, precision=precision, chunk_size=chunk))
     options = TransferOptions()  # relative to the first driving frame, all strengths 1: `anytalk animate`'s default
 
     def animate(source: torch.Tensor, driving: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
-        return torch.cat(list(engine.animate(source, driving, options, fps=CLIP_FPS)))
+        return torch.cat(list(animate_clip(engine, source, driving, options, fps=CLIP_FPS)))
 
     return animate
 

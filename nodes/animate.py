@@ -1,12 +1,14 @@
-"""AnyTalk Animate: the whole pipeline in one node, composed from the stage nodes (one code path)."""
+"""AnyTalk Animate: the whole pipeline in one node, from the same stage functions as the stage nodes."""
 from __future__ import annotations
 
+from ..anytalk_core.engine import smooth_motion
+from ..anytalk_core.stages import Driving, mix_speech
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape, check_motion, motion_fps
 from .audio import audio_motion
 from .media import fit_audio, silence
-from .motion import AnyTalkEstimateMotion, AnyTalkMotionMix, AnyTalkMotionSmooth
-from .render import TRANSFER_MODES, AnyTalkGenerate, AnyTalkPasteBack, AnyTalkTransferMotion, AnyTalkWarp3D, strength
-from .source import AnyTalkDetectKeypoints, AnyTalkLoadSource
+from .motion import estimate_motion
+from .render import TRANSFER_MODES, paste_frames, render_frames, strength, transfer_keypoints, warp_plan
+from .source import load_source, source_keypoints
 
 SOURCE_CROPS = ["auto", "full"]
 DRIVING_CROPS = ["full", "auto (first frame)"]
@@ -79,30 +81,34 @@ class AnyTalkAnimate:
         if driving_images is not None and driving_motion is not None:
             raise AnyTalkError("connect either driving_images or driving_motion, not both")
         check_image_shape(source_image, "source image", min_side=16)
-        source, _ = AnyTalkLoadSource().load(source_image, crop=source_crop, size=model.image_size)
-        keypoints, _overlay, _own = AnyTalkDetectKeypoints().detect(model, source)
-        reference = None
-        if driving_images is not None:
-            motion, _ = AnyTalkEstimateMotion().estimate(model, driving_images, crop=driving_crop, fps=float(fps))
-        elif driving_motion is not None:
-            motion = check_motion(driving_motion, "AnyTalk Animate")
-        else:  # speech alone drives the face, relative to the network's silent face
-            motion, reference = audio_motion(model, audio, float(fps))
-        if audio is not None and audio_drives_expression and reference is None:
-            speech, rest = audio_motion(model, audio, motion_fps(motion, float(fps)), frame_count=len(motion))
-            (motion,) = AnyTalkMotionMix().mix(motion, speech)
-            (reference,) = AnyTalkMotionMix().mix(motion[0], rest)  # the driver's first pose, silent face
-        rate = motion_fps(motion, float(fps))
+        source = load_source(source_image, crop=source_crop, size=model.image_size)
+        keypoints = source_keypoints(model, source)
+        driving = _driving(model, float(fps), driving_images, driving_crop, driving_motion, audio,
+                           audio_drives_expression)
+        rate = motion_fps(driving.motion, float(fps))
+        motion = driving.motion
         if smoothing > 0:
-            (motion,) = AnyTalkMotionSmooth().smooth(motion, strength=float(smoothing), fps=rate)
-        (driven,) = AnyTalkTransferMotion().transfer(keypoints, motion, mode=mode, pose_strength=pose_strength,
-                                                     expression_strength=expression_strength,
-                                                     translation_strength=translation_strength,
-                                                     reference_motion=reference)
-        (plan,) = AnyTalkWarp3D().warp(model, source, driven)
-        (frames,) = AnyTalkGenerate().generate(model, source, plan)
+            motion = smooth_motion(motion, rate, float(smoothing))
+        driven = transfer_keypoints(keypoints, motion, mode=mode, pose_strength=pose_strength,
+                                    expression_strength=expression_strength,
+                                    translation_strength=translation_strength, reference_motion=driving.reference)
+        frames = render_frames(model, warp_plan(model, source, driven))
         if paste_back:
-            (frames,) = AnyTalkPasteBack().paste(frames, source)
+            frames = paste_frames(frames, source)
         n = frames.shape[0]
         sound = fit_audio(audio, n, rate) if audio is not None else silence(n, rate)
         return (frames, sound, rate)
+
+
+def _driving(model, fps: float, images, crop: str, motion, audio, audio_drives_expression: bool) -> Driving:
+    """The Driving stage of the node: frames or a motion, speech alone, or either with speech (one mix rule)."""
+    if images is not None:
+        motion, _ = estimate_motion(model, images, crop=crop, fps=fps)
+    elif motion is not None:
+        motion = check_motion(motion, "AnyTalk Animate")
+    else:  # speech alone drives the face, relative to the network's silent face
+        return Driving(*audio_motion(model, audio, fps))
+    if audio is None or not audio_drives_expression:
+        return Driving(motion)
+    speech, rest = audio_motion(model, audio, motion_fps(motion, fps), frame_count=len(motion))
+    return mix_speech(motion, speech, rest)

@@ -8,6 +8,7 @@ from ..anytalk_core.crop import apply_crop
 from ..anytalk_core.engine import smooth_motion
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
+from ..anytalk_core.stages import crop_spec, cropped_frames
 from . import _comfy
 from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import (
@@ -20,20 +21,30 @@ from ._objects import (
     rgb_images,
     to_comfy_image,
 )
-from .source import crop_widgets, make_crop_spec
+from .source import crop_choice, crop_widgets
 
 DRIVING_CROPS = ["full", "auto (first frame)", "box"]
 MOTION_TOOLTIP = "An ANYTALK_MOTION: per-frame head pose (yaw, pitch, roll, translation) and expression."
 
 
-def _driving_chunks(images: torch.Tensor, spec, size: int, chunk: int):
-    """Driving frames cropped to the model's input, one chunk at a time (the clip is never copied whole)."""
-    n = images.shape[0] if images.dim() == 4 else 1
+def estimate_motion(model, images: torch.Tensor, crop: str = "full", box: tuple[int, int, int, int] = (0, 0, 256, 256),
+                    crop_scale: float = 1.0, fps: float = 25.0) -> tuple[Motion, torch.Tensor]:
+    """Motion of driving frames (N, H, W, C) and the first frame as the model sees it (1, 3, S, S)."""
+    n, h, w = check_image_shape(images, "driving images", min_side=16)
+    size = model.image_size
+    first = rgb_images(images[:1], "driving images").permute(0, 3, 1, 2)
+    mode = "auto" if crop.startswith("auto") else crop
+    spec = crop_spec(first, crop_choice(mode, box), size, float(crop_scale))
+    if mode == "full" and h == w == size:
+        spec = None  # frames already are the model's input
+    preview = first if spec is None else apply_crop(first, spec)
     images = images if images.dim() == 4 else images.unsqueeze(0)
-    identity = spec is None
-    for start in range(0, n, chunk):
-        piece = rgb_images(images[start:start + chunk], "driving images").permute(0, 3, 1, 2)
-        yield piece if identity else apply_crop(piece, spec)
+    frames = (rgb_images(images[i:i + 1], "driving images").permute(0, 3, 1, 2) for i in range(n))
+    progress = _comfy.Progress(n)
+    motion = model.engine().estimate_motion(cropped_frames(frames, spec), total=n, progress=progress.update,
+                                            cancel=progress.cancel, fps=float(fps))
+    _comfy.soft_empty_cache()
+    return motion, preview
 
 
 class AnyTalkEstimateMotion:
@@ -66,19 +77,7 @@ class AnyTalkEstimateMotion:
     @artist_errors("AnyTalk Estimate Motion")
     def estimate(self, model, images, crop="full", box_x=0, box_y=0, box_width=256, box_height=256, crop_scale=1.0,
                  fps=25.0):
-        n, h, w = check_image_shape(images, "driving images", min_side=16)
-        size = model.image_size
-        first = rgb_images(images[:1], "driving images").permute(0, 3, 1, 2)
-        mode = "auto" if crop.startswith("auto") else crop
-        spec = make_crop_spec(first, mode, size, (box_x, box_y, box_width, box_height), float(crop_scale))
-        if mode == "full" and h == w == size:
-            spec = None  # frames already are the model's input
-        preview = first if spec is None else apply_crop(first, spec)
-        engine = model.engine()
-        progress = _comfy.Progress(n)
-        motion = engine.estimate_motion(_driving_chunks(images, spec, size, engine.config.chunk_size), total=n,
-                                        progress=progress.update, cancel=progress.cancel, fps=float(fps))
-        _comfy.soft_empty_cache()
+        motion, preview = estimate_motion(model, images, crop, (box_x, box_y, box_width, box_height), crop_scale, fps)
         return (motion, to_comfy_image(preview))
 
 

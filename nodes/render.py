@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..anytalk_core.crop import paste_back
-from ..anytalk_core.expression_edit import NEUTRAL_EYE_RATIO, NEUTRAL_LIP_RATIO, retarget, retargeted_keypoints
-from ..anytalk_core.models.base import TransferOptions
+from ..anytalk_core.expression_edit import NEUTRAL_EYE_RATIO, NEUTRAL_LIP_RATIO
+from ..anytalk_core.stages import transfer_options
 from . import _comfy
 from ._objects import (
     CATEGORY,
@@ -24,33 +24,60 @@ from ._objects import (
 TRANSFER_MODES = ["relative", "absolute"]
 
 
-def transfer_options(model, mode: str, pose: float, expression: float, translation: float, adapt_scale: bool,
-                     stitching: bool = True):
-    """TransferOptions for the model's family (LivePortrait's subclass adds its pipeline switches)."""
-    if mode not in TRANSFER_MODES:
-        raise AnyTalkError(f"unknown transfer mode {mode!r}; choose relative or absolute")
-    kwargs = dict(mode=mode, pose_strength=float(pose), expression_strength=float(expression),
-                  translation_strength=float(translation), adapt_scale=bool(adapt_scale))
-    if model.family.startswith("liveportrait"):
-        try:
-            from ..anytalk_core.models.liveportrait import LivePortraitOptions
-        except ImportError:
-            pass
-        else:
-            return LivePortraitOptions(**kwargs, stitching=bool(stitching))
-    return TransferOptions(**kwargs)
-
-
-def is_liveportrait(model) -> bool:
-    return str(model.family).startswith("liveportrait")
-
-
 def ratio(default: float, tooltip: str) -> tuple:
     return ("FLOAT", {"default": default, "min": 0.0, "max": 0.8, "step": 0.01, "tooltip": tooltip})
 
 
 def strength(tooltip: str) -> tuple:
     return ("FLOAT", {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.05, "tooltip": tooltip})
+
+
+def transfer_keypoints(keypoints: Keypoints, motion, mode: str = "relative", pose_strength: float = 1.0,
+                       expression_strength: float = 1.0, translation_strength: float = 1.0, adapt_scale: bool = False,
+                       reference_frame: int = 0, stitching: bool = True, eye_ratio: float | None = None,
+                       lip_ratio: float | None = None, reference_motion=None) -> Keypoints:
+    """The nodes' Transfer stage: the source's keypoints moved by a motion (retargeting and stitching in the engine).
+
+    ``eye_ratio`` / ``lip_ratio``: None leaves the eyes / lips as driven."""
+    if not isinstance(keypoints, Keypoints):
+        raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
+    if keypoints.driven is not None:
+        raise AnyTalkError("these keypoints are already driven; connect the output of AnyTalk Detect Canonical "
+                           "Keypoints (the source's keypoints), not another Transfer Motion")
+    motion = check_motion(motion, "AnyTalk Transfer Motion")
+    own = keypoints.state.motion
+    if motion.family != own.family or motion.num_kp != own.num_kp:
+        raise AnyTalkError(
+            f"the motion comes from a {motion.family} model ({motion.num_kp} keypoints) but the source keypoints "
+            f"from a {own.family} model ({own.num_kp} keypoints); estimate the motion with the same AnyTalk Load "
+            "Model, or take only its pose: AnyTalk Motion Mix (pose from the motion, expression from Detect "
+            "Canonical Keypoints' source_motion)")
+    ref_source = motion
+    if reference_motion is not None:
+        ref_source = check_motion(reference_motion, "AnyTalk Transfer Motion")
+        if ref_source.family != motion.family or ref_source.num_kp != motion.num_kp:
+            raise AnyTalkError(f"the reference_motion comes from a {ref_source.family} model ({ref_source.num_kp} "
+                               f"keypoints) but the motion from a {motion.family} model ({motion.num_kp}); connect "
+                               "motions of the same AnyTalk Load Model")
+        if len(ref_source) == 1:
+            reference_frame = 0
+    if mode == "relative" and reference_frame >= len(ref_source):
+        which = "reference_motion" if reference_motion is not None else "motion"
+        raise AnyTalkError(f"reference_frame {reference_frame} is past the end of the {which} "
+                           f"({len(ref_source)} frames, 0 to {len(ref_source) - 1})")
+    model = keypoints.model
+    if mode not in TRANSFER_MODES:
+        raise AnyTalkError(f"unknown transfer mode {mode!r}; choose relative or absolute")
+    options = transfer_options(model.model, mode, pose_strength, expression_strength, translation_strength,
+                               adapt_scale, stitching=bool(stitching))
+    engine = model.engine()
+    state = keypoints.state.to(engine.device)
+    reference = ref_source[int(reference_frame)] if mode == "relative" else None
+    driven = engine.retargeted_keypoints(state, motion, options, reference=reference, eye_ratio=eye_ratio,
+                                         lip_ratio=lip_ratio)
+    out = Keypoints(model=model, source_fingerprint=keypoints.source_fingerprint, state=keypoints.state,
+                    driven=driven.to("cpu", torch.float32), fps=motion.fps)
+    return out
 
 
 class AnyTalkTransferMotion:
@@ -113,51 +140,24 @@ class AnyTalkTransferMotion:
     def transfer(self, keypoints, motion, mode="relative", pose_strength=1.0, expression_strength=1.0,
                  translation_strength=1.0, adapt_scale=False, reference_frame=0, stitching=True, retarget_eyes=False,
                  eye_ratio=NEUTRAL_EYE_RATIO, retarget_lips=False, lip_ratio=NEUTRAL_LIP_RATIO, reference_motion=None):
-        if not isinstance(keypoints, Keypoints):
-            raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
-        if keypoints.driven is not None:
-            raise AnyTalkError("these keypoints are already driven; connect the output of AnyTalk Detect Canonical "
-                               "Keypoints (the source's keypoints), not another Transfer Motion")
-        motion = check_motion(motion, "AnyTalk Transfer Motion")
-        own = keypoints.state.motion
-        if motion.family != own.family or motion.num_kp != own.num_kp:
-            raise AnyTalkError(
-                f"the motion comes from a {motion.family} model ({motion.num_kp} keypoints) but the source keypoints "
-                f"from a {own.family} model ({own.num_kp} keypoints); estimate the motion with the same AnyTalk Load "
-                "Model, or take only its pose: AnyTalk Motion Mix (pose from the motion, expression from Detect "
-                "Canonical Keypoints' source_motion)")
-        ref_source = motion
-        if reference_motion is not None:
-            ref_source = check_motion(reference_motion, "AnyTalk Transfer Motion")
-            if ref_source.family != motion.family or ref_source.num_kp != motion.num_kp:
-                raise AnyTalkError(f"the reference_motion comes from a {ref_source.family} model ({ref_source.num_kp} "
-                                   f"keypoints) but the motion from a {motion.family} model ({motion.num_kp}); connect "
-                                   "motions of the same AnyTalk Load Model")
-            if len(ref_source) == 1:
-                reference_frame = 0
-        if mode == "relative" and reference_frame >= len(ref_source):
-            which = "reference_motion" if reference_motion is not None else "motion"
-            raise AnyTalkError(f"reference_frame {reference_frame} is past the end of the {which} "
-                               f"({len(ref_source)} frames, 0 to {len(ref_source) - 1})")
-        model = keypoints.model
-        options = transfer_options(model, mode, pose_strength, expression_strength, translation_strength, adapt_scale,
-                                   stitching=stitching)
-        engine = model.engine()
-        state = keypoints.state.to(engine.device)
-        reference = ref_source[int(reference_frame)] if mode == "relative" else None
-        if is_liveportrait(model) and (retarget_eyes or retarget_lips):
-            # eye/lip deltas join the driven keypoints before stitching (LivePortrait's retargeting networks)
-            with torch.no_grad():
-                delta = retarget(engine.model, state.keypoints, eye_ratios=float(eye_ratio),
-                                 lip_ratios=float(lip_ratio), eyes=bool(retarget_eyes), lips=bool(retarget_lips))
-                ref = reference.to(engine.device) if reference is not None else None
-                driven = retargeted_keypoints(engine.model, state, motion.to(engine.device), options, reference=ref,
-                                              retarget_delta=delta).to("cpu")
-        else:
-            driven = engine.driven_keypoints(state, motion, options, reference=reference)
-        out = Keypoints(model=model, source_fingerprint=keypoints.source_fingerprint, state=keypoints.state,
-                        driven=driven.to("cpu", torch.float32), fps=motion.fps)
-        return (out,)
+        return (transfer_keypoints(keypoints, motion, mode, pose_strength, expression_strength, translation_strength,
+                                   adapt_scale, reference_frame, stitching,
+                                   float(eye_ratio) if retarget_eyes else None,
+                                   float(lip_ratio) if retarget_lips else None, reference_motion),)
+
+
+def warp_plan(model, source: SourceImage, keypoints: Keypoints) -> WarpPlan:
+    """The source's appearance bound to driven keypoints: what Render decodes chunk by chunk."""
+    if not isinstance(source, SourceImage):
+        raise AnyTalkError(f"expected an ANYTALK_SOURCE, got {type(source).__name__}")
+    if not isinstance(keypoints, Keypoints):
+        raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
+    check_same_model("keypoints", keypoints.weights_key, model, "AnyTalk 3D Warp")
+    check_same_source("keypoints", keypoints.source_fingerprint, source, "AnyTalk 3D Warp")
+    plan = WarpPlan(model_uid=model.uid, weights_key=model.weights_key, source_fingerprint=source.fingerprint,
+                    state=keypoints.state, keypoints=keypoints.frames.to("cpu", torch.float32),
+                    fps=keypoints.fps)
+    return plan
 
 
 class AnyTalkWarp3D:
@@ -184,16 +184,7 @@ class AnyTalkWarp3D:
 
     @artist_errors("AnyTalk 3D Warp")
     def warp(self, model, source, keypoints):
-        if not isinstance(source, SourceImage):
-            raise AnyTalkError(f"expected an ANYTALK_SOURCE, got {type(source).__name__}")
-        if not isinstance(keypoints, Keypoints):
-            raise AnyTalkError(f"expected ANYTALK_KEYPOINTS, got {type(keypoints).__name__}")
-        check_same_model("keypoints", keypoints.weights_key, model, "AnyTalk 3D Warp")
-        check_same_source("keypoints", keypoints.source_fingerprint, source, "AnyTalk 3D Warp")
-        plan = WarpPlan(model_uid=model.uid, weights_key=model.weights_key, source_fingerprint=source.fingerprint,
-                        state=keypoints.state, keypoints=keypoints.frames.to("cpu", torch.float32),
-                        fps=keypoints.fps)
-        return (plan,)
+        return (warp_plan(model, source, keypoints),)
 
 
 def render_frames(model, plan: WarpPlan, progress: _comfy.Progress | None = None) -> torch.Tensor:
@@ -246,6 +237,45 @@ class AnyTalkGenerate:
         return (render_frames(model, warp),)
 
 
+def paste_frames(frames: torch.Tensor, source: SourceImage, feather: float = 0.1,
+                 original: torch.Tensor | None = None) -> torch.Tensor:
+    """Animated crops (N, S, S, 3) pasted back into the full picture: (N, H, W, 3)."""
+    if not isinstance(source, SourceImage):
+        raise AnyTalkError(f"expected an ANYTALK_SOURCE, got {type(source).__name__}")
+    n, fh, fw = check_image_shape(frames, "frames")
+    if fh != fw:
+        raise AnyTalkError(f"frames must be the square crops from AnyTalk Generate, got {fw}x{fh}")
+    if original is None:
+        base = source.original
+    else:
+        b, h, w = check_image_shape(original, "original image")
+        if (h, w) != source.original_hw:
+            sh, sw = source.original_hw
+            raise AnyTalkError(f"the original image is {w}x{h} but the source was cropped from a {sw}x{sh} image; "
+                               "connect the image that went into AnyTalk Load Source")
+        if b not in (1, n):
+            raise AnyTalkError(f"the original has {b} images but there are {n} frames: give one image or one "
+                               "per frame")
+        base = None
+    h, w = source.original_hw
+    out = torch.empty((n, h, w, 3), dtype=torch.float32)
+    chunk = 16
+    progress = _comfy.Progress(n)
+    for start in range(0, n, chunk):
+        progress.cancel()
+        crops = rgb_images(frames[start:start + chunk], "frames").permute(0, 3, 1, 2)
+        if base is not None:
+            full = base
+        elif original.shape[0] == 1:
+            full = rgb_images(original[:1], "original image").permute(0, 3, 1, 2)
+        else:
+            full = rgb_images(original[start:start + chunk], "original image").permute(0, 3, 1, 2)
+        pasted = paste_back(full, crops, source.spec, feather=float(feather))
+        out[start:start + crops.shape[0]] = pasted.permute(0, 2, 3, 1)
+        progress.update(start + crops.shape[0])
+    return out
+
+
 class AnyTalkPasteBack:
     DESCRIPTION = ("Puts the animated crop back into the full picture with the exact inverse of the crop and a "
                    "feathered edge: everything outside the crop stays untouched.")
@@ -272,37 +302,4 @@ class AnyTalkPasteBack:
 
     @artist_errors("AnyTalk Paste Back")
     def paste(self, frames, source, feather=0.1, original=None):
-        if not isinstance(source, SourceImage):
-            raise AnyTalkError(f"expected an ANYTALK_SOURCE, got {type(source).__name__}")
-        n, fh, fw = check_image_shape(frames, "frames")
-        if fh != fw:
-            raise AnyTalkError(f"frames must be the square crops from AnyTalk Generate, got {fw}x{fh}")
-        if original is None:
-            base = source.original
-        else:
-            b, h, w = check_image_shape(original, "original image")
-            if (h, w) != source.original_hw:
-                sh, sw = source.original_hw
-                raise AnyTalkError(f"the original image is {w}x{h} but the source was cropped from a {sw}x{sh} image; "
-                                   "connect the image that went into AnyTalk Load Source")
-            if b not in (1, n):
-                raise AnyTalkError(f"the original has {b} images but there are {n} frames: give one image or one "
-                                   "per frame")
-            base = None
-        h, w = source.original_hw
-        out = torch.empty((n, h, w, 3), dtype=torch.float32)
-        chunk = 16
-        progress = _comfy.Progress(n)
-        for start in range(0, n, chunk):
-            progress.cancel()
-            crops = rgb_images(frames[start:start + chunk], "frames").permute(0, 3, 1, 2)
-            if base is not None:
-                full = base
-            elif original.shape[0] == 1:
-                full = rgb_images(original[:1], "original image").permute(0, 3, 1, 2)
-            else:
-                full = rgb_images(original[start:start + chunk], "original image").permute(0, 3, 1, 2)
-            pasted = paste_back(full, crops, source.spec, feather=float(feather))
-            out[start:start + crops.shape[0]] = pasted.permute(0, 2, 3, 1)
-            progress.update(start + crops.shape[0])
-        return (out,)
+        return (paste_frames(frames, source, feather, original),)

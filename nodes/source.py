@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..anytalk_core.crop import apply_crop, crop_auto, crop_box, crop_full
+from ..anytalk_core.crop import apply_crop
+from ..anytalk_core.stages import crop_spec
 from ._objects import (
     CATEGORY,
     AnyTalkError,
@@ -39,16 +40,33 @@ def crop_widgets() -> dict:
     }
 
 
-def make_crop_spec(image_bchw: torch.Tensor, mode: str, size: int, box: tuple[int, int, int, int], scale: float):
-    """Crop spec of one image (1, 3, H, W) for a crop mode (full / auto / box)."""
-    hw = tuple(image_bchw.shape[-2:])
-    if mode == "full":
-        return crop_full(hw, size)
-    if mode == "auto":
-        return crop_auto(image_bchw, size)
-    if mode == "box":
-        return crop_box(hw, box, size, scale=scale)
-    raise AnyTalkError(f"unknown crop mode {mode!r}; choose full, auto or box")
+def crop_choice(mode: str, box: tuple[int, int, int, int]) -> str | tuple[int, int, int, int]:
+    """A crop widget's mode as the Source stage takes it: "full", "auto" or the box."""
+    if mode not in CROP_MODES:
+        raise AnyTalkError(f"unknown crop mode {mode!r}; choose full, auto or box")
+    return box if mode == "box" else mode
+
+
+def load_source(image: torch.Tensor, crop: str = "auto", box: tuple[int, int, int, int] = (0, 0, 256, 256),
+                crop_scale: float = 1.0, size: int = 256, batch_index: int = 0) -> SourceImage:
+    """An IMAGE batch's portrait (B, H, W, C) cropped to a square of ``size``: the nodes' Source stage."""
+    b = check_image_shape(image, "source image", min_side=16)[0]
+    if not 0 <= batch_index < b:
+        raise AnyTalkError(f"batch_index {batch_index} is out of range: the source batch has {b} image(s) "
+                           f"(0 to {b - 1})")
+    rgb = rgb_images(image[batch_index:batch_index + 1], "source image")
+    original = rgb.permute(0, 3, 1, 2).contiguous()
+    spec = crop_spec(original, crop_choice(crop, box), int(size), float(crop_scale))
+    preview = apply_crop(original, spec)
+    key = json.dumps({"matrix": spec.matrix.tolist(), "hw": list(spec.original_hw)})
+    return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key))
+
+
+def source_keypoints(model, source: SourceImage) -> Keypoints:
+    """The portrait's keypoints for this model (its cached once-per-portrait work)."""
+    if not isinstance(source, SourceImage):
+        raise AnyTalkError(f"expected an ANYTALK_SOURCE from AnyTalk Load Source, got {type(source).__name__}")
+    return Keypoints(model=model, source_fingerprint=source.fingerprint, state=source_state(model, source))
 
 
 class AnyTalkLoadSource:
@@ -82,17 +100,8 @@ class AnyTalkLoadSource:
     @artist_errors("AnyTalk Load Source")
     def load(self, image, crop="auto", box_x=0, box_y=0, box_width=256, box_height=256, crop_scale=1.0, size=256,
              batch_index=0):
-        b, h, w = check_image_shape(image, "source image", min_side=16)
-        if not 0 <= batch_index < b:
-            raise AnyTalkError(f"batch_index {batch_index} is out of range: the source batch has {b} image(s) "
-                               f"(0 to {b - 1})")
-        rgb = rgb_images(image[batch_index:batch_index + 1], "source image")
-        original = rgb.permute(0, 3, 1, 2).contiguous()
-        spec = make_crop_spec(original, crop, int(size), (box_x, box_y, box_width, box_height), float(crop_scale))
-        preview = apply_crop(original, spec)
-        key = json.dumps({"matrix": spec.matrix.tolist(), "hw": list(spec.original_hw)})
-        source = SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key))
-        return (source, to_comfy_image(preview))
+        source = load_source(image, crop, (box_x, box_y, box_width, box_height), crop_scale, size, batch_index)
+        return (source, to_comfy_image(source.crop))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,10 +157,8 @@ class AnyTalkDetectKeypoints:
 
     @artist_errors("AnyTalk Detect Canonical Keypoints")
     def detect(self, model, source, overlay="source keypoints"):
-        if not isinstance(source, SourceImage):
-            raise AnyTalkError(f"expected an ANYTALK_SOURCE from AnyTalk Load Source, got {type(source).__name__}")
-        state = source_state(model, source)
-        keypoints = Keypoints(model=model, source_fingerprint=source.fingerprint, state=state)
+        keypoints = source_keypoints(model, source)
+        state = keypoints.state
         sets = []
         if overlay in ("canonical keypoints", "both"):
             sets.append((state.canonical[0], "ring"))

@@ -20,8 +20,8 @@ from anytalk_core.audio_motion import (
     require_audio2motion,
     rest_motion,
 )
+from anytalk_app.cli import main
 from anytalk_core.checkpoints import CheckpointError, load_model, save_checkpoint
-from anytalk_core.cli import main
 from anytalk_core.media import probe_video, read_audio, save_image, write_video, write_wav
 from anytalk_core.models import audio2motion as a2m
 from anytalk_core.models.config import AudioToMotionConfig, tiny_config

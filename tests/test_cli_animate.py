@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anytalk_core.checkpoints import save_checkpoint
-from anytalk_core.cli import main
+from anytalk_app.cli import main
 from anytalk_core.engine import EngineConfig
 from anytalk_core.media import probe_video, read_audio, save_image, write_video
 from anytalk_core.models.config import tiny_config

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from anytalk_core.cli import main as anytalk_main
+from anytalk_app.cli import main as anytalk_main
 from anytalk_eval.cli import SUBCOMMANDS as EVAL_COMMANDS
 from anytalk_eval.cli import main as eval_main
 from anytalk_training.cli import main as train_main

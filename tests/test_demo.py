@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from anytalk_app import demo as app_demo
+from anytalk_app.cli import main
 from anytalk_core import demo
 from anytalk_core.checkpoints import load_model, save_checkpoint
-from anytalk_core.cli import main
 from anytalk_core.media import load_image, probe_video, read_audio
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
@@ -70,7 +71,7 @@ def test_a_portrait_that_is_not_square_keeps_its_proportions():
 
 
 def test_missing_bundled_file_names_the_fix(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(app_demo, "DEMO_DIR", tmp_path / "nowhere")
     assert main(["demo", "--out-dir", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "assets/demo" in err and "pip install -e" in err
@@ -78,13 +79,13 @@ def test_missing_bundled_file_names_the_fix(tmp_path, monkeypatch, capsys):
 
 
 def test_the_bundled_demo_model_loads_and_runs():
-    path = demo.DEMO_DIR / demo.DEMO_CHECKPOINT
+    path = app_demo.DEMO_DIR / app_demo.DEMO_CHECKPOINT
     assert path.is_file(), "the repository ships assets/demo/anytalk_demo.safetensors"
     assert path.stat().st_size <= 30 * 2**20
     model = load_model(str(path))
     assert model.config.image_size == 64
     for name in (demo.DEMO_SOURCE, demo.DEMO_DRIVING):
-        assert (demo.DEMO_DIR / name).is_file()
+        assert (app_demo.DEMO_DIR / name).is_file()
 
 
 def test_the_bundled_demo_follows_the_drivers_head_and_mouth():
@@ -113,7 +114,7 @@ def test_the_bundled_demo_reads_head_pose_and_expression_from_held_out_stills():
     from anytalk_training.warmup import held_out_errors, still_batch
 
     data = still_batch(["human", "cg_human", "animal"], 96, 64, np.random.default_rng([0xDE30, 7]))
-    model = load_model(str(demo.DEMO_DIR / demo.DEMO_CHECKPOINT))
+    model = load_model(str(app_demo.DEMO_DIR / app_demo.DEMO_CHECKPOINT))
     pose_mae, expression_r = held_out_errors(model, data, torch.device("cpu"))
     assert max(pose_mae) < 4.0, pose_mae
     assert expression_r > 0.6, expression_r
@@ -128,7 +129,7 @@ def test_the_bundled_demo_speech_moves_the_rendered_mouth_in_step():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sync = audio_mouth_following(load_model(str(demo.DEMO_DIR / demo.DEMO_CHECKPOINT)), clips=3, seconds=3.0)
+        sync = audio_mouth_following(load_model(str(app_demo.DEMO_DIR / app_demo.DEMO_CHECKPOINT)), clips=3, seconds=3.0)
     finally:
         torch.set_num_threads(threads)
     assert sync["r"] > 0.7 and abs(sync["lag"]) <= 1, sync
@@ -138,7 +139,7 @@ def test_demo_creates_a_missing_out_dir_and_reports_each_stage_in_frames(inputs,
     root, source, driving = inputs
     out = tmp_path / "new" / "deeper"
     calls = []
-    result = demo.run_demo(out, checkpoint=root / "tiny.safetensors", source=source, driving=driving, tile=32,
+    result = app_demo.run_demo(out, checkpoint=root / "tiny.safetensors", source=source, driving=driving, tile=32,
                            progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert result.video.parent == out and result.video.is_file() and result.contact_sheet.is_file()
     assert [c for c in calls if c[0] == "motion"][-1] == ("motion", 15, 15)

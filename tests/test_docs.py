@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from anytalk_core import __version__, cli
+from anytalk_app import cli
+from anytalk_core import __version__
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "docs" / "make_node_reference.py"

@@ -8,6 +8,7 @@ from anytalk_core.engine import Engine, EngineConfig, EngineInterrupted, smooth_
 from anytalk_core.models.blocks import SPADE
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
+from anytalk_core.stages import animate_clip
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def clip():
 
 def run(model, clip, **config) -> torch.Tensor:
     source, driving = clip
-    return torch.cat(list(Engine(model, EngineConfig(device="cpu", **config)).animate(source, driving)))
+    return torch.cat(list(animate_clip(Engine(model, EngineConfig(device="cpu", **config)), source, driving)))
 
 
 def test_chunk_size_does_not_change_results(model, clip):
@@ -62,7 +63,7 @@ def test_reduced_precision_agrees_with_fp32(model, clip, precision, max_tol, mea
     reference = run(model, clip, chunk_size=4)
     source, driving = clip
     engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4))
-    got = torch.cat(list(engine.animate(source, driving[:3])))
+    got = torch.cat(list(animate_clip(engine, source, driving[:3])))
     err = (got - reference[:3]).abs()
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert err.max() <= max_tol and err.mean() <= mean_tol
@@ -72,7 +73,7 @@ def test_progress_counts_output_frames_and_cancel_stops(model, clip):
     source, driving = clip
     seen = []
     engine = Engine(model, EngineConfig(device="cpu", chunk_size=4))
-    list(engine.animate(source, driving, progress=lambda d, t: seen.append((d, t))))
+    list(animate_clip(engine, source, driving, progress=lambda stage, d, t: stage == "render" and seen.append((d, t))))
     assert seen[-1] == (11, 11) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     calls = iter([False, True])
     with pytest.raises(EngineInterrupted):
@@ -144,7 +145,8 @@ def test_smoothing_strength_zero_is_identity_and_one_reduces_jitter(model, clip)
 
 
 def test_non_finite_frames_stop_with_a_hint_and_oom_errors_point_to_the_readme(monkeypatch):
-    from anytalk_core import cli, engine as engine_module
+    from anytalk_app import cli
+    from anytalk_core import engine as engine_module
     from anytalk_core.models.config import tiny_config
     from anytalk_core.models.registry import build_model
 

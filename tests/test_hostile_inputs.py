@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from anytalk_core import limits
 from anytalk_core.checkpoints import CheckpointError, read_weights
-from anytalk_core.cli import main as cli_main
+from anytalk_app.cli import main as cli_main
 from anytalk_core.engine import Engine
 from anytalk_core.expression_edit import parse_keypoint_scales
 from anytalk_core.media import iter_video_frames, load_image, probe_video, read_audio

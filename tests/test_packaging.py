@@ -20,7 +20,8 @@ def pyproject() -> dict:
 def test_every_library_package_is_installed_and_nodes_never_is():
     tool = pyproject()["tool"]["setuptools"]
     listed = set(tool["packages"])
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "anytalk_core").rglob("__init__.py")}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("anytalk_core", "anytalk_app")
+               for p in (ROOT / top).rglob("__init__.py")}
     assert on_disk <= listed, f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
     training = {"anytalk_training" + "".join("." + part for part in p.parent.relative_to(ROOT / "training").parts)
                 for p in (ROOT / "training").rglob("__init__.py")}
@@ -43,6 +44,8 @@ def test_torch_is_never_pinned_and_not_in_requirements_txt():
 
 
 def test_core_library_imports_itself_only_relatively():
+    """Relative imports only, and never the application (``anytalk_app``: the CLI and the demo, which read the
+    repository's assets)."""
     offenders = []
     for path in (ROOT / "anytalk_core").rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -54,7 +57,8 @@ def test_core_library_imports_itself_only_relatively():
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top in ("anytalk_core", "nodes", "training", "anytalk_training", "comfy", "folder_paths"):
+                if top in ("anytalk_core", "anytalk_app", "nodes", "training", "anytalk_training", "comfy",
+                           "folder_paths"):
                     offenders.append(f"{path.relative_to(ROOT)}: import {name}")
     assert not offenders, offenders
 

@@ -78,8 +78,8 @@ class TalkingHeadModel(nn.Module, abc.ABC):
     """
 
     family: str = ""
+    transfer_options_type: type[TransferOptions] = TransferOptions  # the family's options (a subclass may add switches)
     source_only_modules: tuple[str, ...] = ("appearance",)  # networks that only ever see the source image
-    transfer_options_type: type[TransferOptions] = TransferOptions  # the options this family's transfer takes
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -188,14 +188,3 @@ class TalkingHeadModel(nn.Module, abc.ABC):
         if options.adapt_scale:
             diff = diff * self.movement_scale(source.keypoints, kp_reference)
         return diff + source.keypoints
-
-    @torch.no_grad()
-    def animate(self, source_image: torch.Tensor, driving_frames: torch.Tensor,
-                options: TransferOptions | None = None) -> torch.Tensor:
-        """Reference-style one-shot animation of a small clip (tests, demos): (1,3,H,W), (N,3,H,W) -> frames."""
-        source = self.prepare_source(source_image)
-        kp = self.driven_keypoints(source, self.estimate_motion(driving_frames), options)
-        n = kp.shape[0]
-        out = self.decode(source.volume.expand(n, *source.volume.shape[1:]), kp,
-                          source.keypoints.expand(n, *source.keypoints.shape[1:]))
-        return out["prediction"]
