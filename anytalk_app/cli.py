@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from anytalk_core import __version__
-from anytalk_core.cli import HelpFormatter, OneLineErrorParser, finite, positive_int
+from anytalk_app.args import HelpFormatter, OneLineErrorParser, finite, positive_int
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anytalk_core.checkpoints import CheckpointError
-from anytalk_core.cli import positive_int  # noqa: F401  (re-exported for the subcommands)
+from anytalk_app.args import positive_int  # noqa: F401  (re-exported for the subcommands)
 
 from .metrics import METRICS, MetricWeightsError
 from .protocols import Backends, MetricOptions, columns_for, table_row

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from anytalk_core.cli import OneLineErrorParser
+from anytalk_app.args import OneLineErrorParser
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module inside anytalk_eval, one-line help)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from anytalk_core import synthetic as syn
-from anytalk_core.cli import positive_int
+from anytalk_app.args import positive_int
 
 from .annotator import (DEFAULT_ANNOTATOR_PATH, AnnotatorError, SyntheticAnnotator, load_annotator,
                         landmark_error_pct, pose_abs_error, to_normalised)

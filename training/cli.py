@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anytalk_core.cli import OneLineErrorParser
+from anytalk_app.args import OneLineErrorParser
 
 EXIT_SETUP = 2
 EXIT_INTERRUPTED = 130
