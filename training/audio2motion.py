@@ -77,12 +77,12 @@ class AudioMotionTrainer(RunLoop):
         return DistInfo(device=device)
 
     def _setup(self, resume: bool | str) -> None:
-        cfg, t = self.cfg, self.run.train
+        t = self.run.train
         resume_path = self._resume_path(resume)
         if self.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         target = self.run.audio.target
-        self.init_from = os.path.expanduser(cfg["model"]["init_from"])
+        self.init_from = os.path.expanduser(self.run.model.init_from)
         if target.kind == "motion_estimator" and not self.init_from:
             raise SetupError("target.kind = 'motion_estimator' needs model.init_from: the inference checkpoint whose "
                              "motion estimator gives the targets (and which the export extends), e.g. "
@@ -94,10 +94,10 @@ class AudioMotionTrainer(RunLoop):
             raise SetupError(f"model.init_from: {self.init_from}: file not found")
         # a damaged resume checkpoint fails before the clips are loaded (naming an intact older snapshot)
         self._resume_state = read_resume_state(resume_path) if resume_path is not None else None
-        fps = float(cfg["data"]["fps"])
-        self.sources = [normalise_audio_source(s, i, fps, "data.sources") for i, s in enumerate(cfg["data"]["sources"])]
-        self.val_sources = [normalise_audio_source(s, i, fps, "data.val_sources")
-                            for i, s in enumerate(cfg["data"]["val_sources"])]
+        data = self.run.data
+        self.sources = [normalise_audio_source(s, i, data.fps, "data.sources") for i, s in enumerate(data.sources)]
+        self.val_sources = [normalise_audio_source(s, i, data.fps, "data.val_sources")
+                            for i, s in enumerate(data.val_sources)]
         if target.kind == "synthetic" and any(s["kind"] != "synthetic" for s in self.sources + self.val_sources):
             raise SetupError("target.kind = 'synthetic' needs synthetic sources only (videos have no ground truth); "
                              "use target.kind = 'motion_estimator' with model.init_from for videos")
@@ -111,7 +111,7 @@ class AudioMotionTrainer(RunLoop):
         self.net_config = self._net_config(base_config)
         teacher = None
         if target.kind == "motion_estimator":
-            cache = Path(os.path.expanduser(cfg["data"]["cache_dir"])) if cfg["data"]["cache_dir"] else \
+            cache = Path(os.path.expanduser(data.cache_dir)) if data.cache_dir else \
                 self.run_dir / "motion_cache"
             try:
                 teacher = MotionTeacher(self.init_from, cache, self.device, self.log)
@@ -156,7 +156,7 @@ class AudioMotionTrainer(RunLoop):
         else:
             fields = dict(family="synthetic", num_kp=0, with_scale=False)
         data = {**fields, "predict_pose": target.pose, "params": params}
-        extra = dict(self.cfg["model"]["audio2motion"])
+        extra = dict(self.run.model.audio2motion)
         clash = sorted(set(extra) & {"family", "num_kp", "predict_pose", "params", "with_scale", "feature_dim",
                                       "feature_rate"})
         if clash:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import synthetic_source as syn
+from .settings import TalkingHeadData
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -581,10 +582,10 @@ class StepBatchSampler:
 
 
 def build_sources(config: dict, image_size: int) -> list:
-    data = config["data"]
-    specs = [normalise_source(s, i) for i, s in enumerate(data["sources"])]
-    if data["manifest"]:
-        specs += load_manifest(data["manifest"])
+    data = TalkingHeadData.of(config)
+    specs = [normalise_source(s, i) for i, s in enumerate(data.sources)]
+    if data.manifest:
+        specs += load_manifest(data.manifest)
     sources = []
     for s in specs:
         if s["kind"] == "synthetic":
@@ -599,8 +600,8 @@ def build_dataset(config: dict, image_size: int) -> MixedDataset:
     sources = build_sources(config, image_size)
     if not sources:
         raise DataError("no data sources configured: add [[data.sources]] tables or set data.manifest")
-    data = config["data"]
-    samples = int(data["samples_per_epoch"]) or sum(len(s) for s in sources) * int(data["repeats"])
-    return MixedDataset(sources, image_size, samples, int(config["seed"]), data["horizontal_flip"],
-                        data["time_flip"], float(data["color_jitter"]),
+    data = TalkingHeadData.of(config)
+    samples = data.samples_per_epoch or sum(len(s) for s in sources) * data.repeats
+    return MixedDataset(sources, image_size, samples, int(config["seed"]), data.horizontal_flip,
+                        data.time_flip, data.color_jitter,
                         tuple(config["head_pose"]["ground_truth_signs"]))

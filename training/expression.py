@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import synthetic_source as syn
 from .pretrained import WeightsError, freeze, load_emonet
+from .settings import ExpressionSettings
 
 REGRESSOR_FORMAT = "anytalk.expression_regressor"
 
@@ -218,34 +219,34 @@ def build_expression_encoder(config: dict, run_dir: Path, device: torch.device, 
     The stand-in regressor is trained once per run and stored in the run folder, so a resumed run uses
     the very same phi; ``expression.regressor_weights`` reuses one from another run.
     """
-    e = config["expression"]
-    if float(e["weight"]) == 0 or e["encoder"] == "none":
+    e = ExpressionSettings.of(config)
+    if e.weight == 0 or e.encoder == "none":
         return None, {"encoder": "none", "note": "expression consistency loss off (lambda_exp = 0): face-vid2vid training"}
-    encoder = e["encoder"]
+    encoder = e.encoder
     if encoder == "auto":
-        encoder = "emonet" if e["emonet_weights"] else "synthetic_regressor"
+        encoder = "emonet" if e.emonet_weights else "synthetic_regressor"
     if encoder == "emonet":
-        if not e["emonet_weights"]:
+        if not e.emonet_weights:
             raise WeightsError("expression.encoder = 'emonet' needs expression.emonet_weights (an EmoNet 8-class "
                                "state dict such as emonet_8.pth)")
-        net = load_emonet(e["emonet_weights"])
-        code = EmoNetCode(net, e["emonet_code"]).to(device)
-        return freeze(code), {"encoder": "emonet", "weights": os.path.abspath(e["emonet_weights"]), "code": e["emonet_code"]}
+        net = load_emonet(e.emonet_weights)
+        code = EmoNetCode(net, e.emonet_code).to(device)
+        return freeze(code), {"encoder": "emonet", "weights": os.path.abspath(e.emonet_weights), "code": e.emonet_code}
     # the synthetic stand-in
-    if e["regressor_weights"]:
-        net, report = load_regressor(e["regressor_weights"])
-        source = os.path.abspath(e["regressor_weights"])
+    if e.regressor_weights:
+        net, report = load_regressor(e.regressor_weights)
+        source = os.path.abspath(e.regressor_weights)
     else:
         path = run_dir / "expression_regressor.safetensors"
         if not path.exists():
             if is_main:
-                net, report = train_expression_regressor(e, int(config["seed"]), device, log)
+                net, report = train_expression_regressor(config["expression"], int(config["seed"]), device, log)
                 net.cpu()
                 save_regressor(net, path, report)
             if barrier is not None:
                 barrier()
         net, report = load_regressor(path)
         source = str(path)
-    net.code = e["regressor_code"]
-    return freeze(net.to(device)), {"encoder": "synthetic_regressor", "weights": source, "code": e["regressor_code"],
+    net.code = e.regressor_code
+    return freeze(net.to(device)), {"encoder": "synthetic_regressor", "weights": source, "code": e.regressor_code,
                                     "validation": report}

@@ -16,25 +16,26 @@ from anytalk_core.safetensors_io import FileFormatError, read_header
 from .checkpointing import TRAIN_STATE_FORMAT, read_train_state
 from .config import GENERATOR_MODULES, ConfigError
 from .runloop import SetupError
+from .settings import TalkingHeadModel
 
 __all__ = ["build_model_config", "read_initial_weights", "load_initial_weights", "derived_kernel_buffers"]
 
 
 def build_model_config(config: dict) -> ModelConfig:
-    m = config["model"]
-    if m["preset"] == "tiny":
-        base = tiny_config(num_kp=int(m["num_kp"]), with_discriminator=True)
+    m = TalkingHeadModel.of(config)
+    if m.preset == "tiny":
+        base = tiny_config(num_kp=m.num_kp, with_discriminator=True)
     else:
         base = get_family("face_vid2vid").default_config()
-        if int(m["num_kp"]) != base.num_kp:
+        if m.num_kp != base.num_kp:
             d = base.to_dict()
-            d["num_kp"] = int(m["num_kp"])
+            d["num_kp"] = m.num_kp
             for sub in ("keypoints", "motion", "dense_motion"):
-                d[sub]["num_kp"] = int(m["num_kp"])
+                d[sub]["num_kp"] = m.num_kp
             base = ModelConfig.from_dict(d)
-    if m["overrides"]:
+    if m.overrides:
         d = base.to_dict()
-        deep_update(d, json.loads(json.dumps(m["overrides"])))
+        deep_update(d, json.loads(json.dumps(m.overrides)))
         try:
             base = ModelConfig.from_dict(d)
         except (ValueError, TypeError) as exc:

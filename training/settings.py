@@ -1,4 +1,4 @@
-"""Typed views of a validated training config: the run's top-level keys and its ``train`` table, per task.
+"""Typed views of a validated training config: the run's top-level keys and its tables, per task.
 
 :func:`.config.load_config` merges the TOML file and the ``key=value`` overrides and validates them (its
 messages are the ones users see); :meth:`RunSettings.from_config` turns that dict into frozen dataclasses the
@@ -7,9 +7,10 @@ trainers read by attribute. The dict stays the on-disk form (run_info.json, chec
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["LoopSettings", "TalkingHeadTrain", "AudioTrain", "LossWeights", "AudioTask", "RunSettings"]
+__all__ = ["LoopSettings", "TalkingHeadTrain", "AudioTrain", "LossWeights", "AudioTask", "TalkingHeadModel", "AudioModel",
+           "TalkingHeadData", "AudioData", "ExpressionSettings", "MotionWarmup", "RunSettings"]
 
 
 _CAST = {"int": int, "float": float}
@@ -195,13 +196,107 @@ class AudioTask:
         return cls(**{f.name: _section(_TYPES[f.type], config[f.name]) for f in fields(cls)})
 
 
+class _Table:
+    """A table of the config read whole: ``cls.of(config)`` is ``config[cls.KEY]`` as ``cls``."""
+
+    KEY: ClassVar[str]
+
+    @classmethod
+    def of(cls, config: dict) -> Any:
+        return _section(cls, config[cls.KEY])
+
+
+@dataclass(frozen=True)
+class TalkingHeadModel(_Table):
+    """``model`` of the talking-head task (training/config.py DEFAULTS documents each key)."""
+
+    KEY: ClassVar[str] = "model"
+    preset: str
+    num_kp: int
+    overrides: dict  # free form (merged into ModelConfig, which checks it); also written out as given
+    init_from: str
+    init_optimizers: bool
+
+
+@dataclass(frozen=True)
+class AudioModel(_Table):
+    """``model`` of the audio-to-motion task (training/config.py AUDIO2MOTION_DEFAULTS)."""
+
+    KEY: ClassVar[str] = "model"
+    init_from: str
+    audio2motion: dict  # free form: AudioToMotionConfig fields
+
+
+@dataclass(frozen=True)
+class TalkingHeadData(_Table):
+    """``data`` of the talking-head task; ``sources`` are the raw tables training/data.py checks."""
+
+    KEY: ClassVar[str] = "data"
+    image_size: int
+    horizontal_flip: bool
+    time_flip: bool
+    color_jitter: float
+    samples_per_epoch: int
+    repeats: int
+    manifest: str
+    sources: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class AudioData(_Table):
+    """``data`` of the audio-to-motion task; the source tables are checked by training/audio_data.py."""
+
+    KEY: ClassVar[str] = "data"
+    fps: float
+    cache_dir: str
+    sources: tuple[dict, ...]
+    val_sources: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class ExpressionSettings(_Table):
+    """``expression``: the expression-consistency loss's weight and its encoder phi (training/expression.py)."""
+
+    KEY: ClassVar[str] = "expression"
+    weight: float
+    encoder: str
+    emonet_weights: str
+    emonet_code: str
+    regressor_weights: str
+    regressor_code: str
+    regressor_steps: int
+    regressor_batch: int
+    regressor_size: int
+    regressor_width: int
+    regressor_crop: float
+    regressor_lr: float
+    regressor_train_images: int
+    regressor_val_images: int
+    regressor_domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MotionWarmup(_Table):
+    """``motion_warmup`` (training/warmup.py); ``head_pose_weight`` < 0 means ``head_pose.weight``."""
+
+    KEY: ClassVar[str] = "motion_warmup"
+    steps: int
+    batch_size: int
+    lr: float
+    keypoints: bool
+    head_pose_weight: float
+    expression_weight: float
+    log_every: int
+    val_images: int
+
+
 _TYPES = {c.__name__: c for c in (Perceptual, Gan, Equivariance, Weight, Warp, LipRegion, KeypointPrior, HeadPose,
                                   DeformationPrior, Target, AudioLoss, Augment)}
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """A run's top-level keys and its typed ``train`` table."""
+    """A run's top-level keys and its typed tables."""
 
     task: str
     name: str
@@ -212,6 +307,10 @@ class RunSettings:
     train: TalkingHeadTrain | AudioTrain
     losses: LossWeights | None  # the talking-head task's; None for audio2motion
     audio: AudioTask | None  # the audio-to-motion task's; None for talking_head
+    model: TalkingHeadModel | AudioModel
+    data: TalkingHeadData | AudioData
+    expression: ExpressionSettings | None  # the talking-head task's; None for audio2motion
+    motion_warmup: MotionWarmup | None  # the talking-head task's; None for audio2motion
 
     @classmethod
     def from_config(cls, config: dict) -> RunSettings:
@@ -222,4 +321,8 @@ class RunSettings:
         return cls(task=task, name=str(config["name"]), seed=int(config["seed"]), device=str(config["device"]),
                    threads=int(config["threads"]), deterministic=bool(config["deterministic"]), train=train,
                    losses=None if audio else LossWeights.from_config(config),
-                   audio=AudioTask.from_config(config) if audio else None)
+                   audio=AudioTask.from_config(config) if audio else None,
+                   model=(AudioModel if audio else TalkingHeadModel).of(config),
+                   data=(AudioData if audio else TalkingHeadData).of(config),
+                   expression=None if audio else ExpressionSettings.of(config),
+                   motion_warmup=None if audio else MotionWarmup.of(config))

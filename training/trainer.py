@@ -112,7 +112,7 @@ class Trainer(RunLoop):
 
         # model configuration (the network itself is built once the cheap checks have passed)
         self.model_config = build_model_config(cfg)
-        self.image_size = int(cfg["data"]["image_size"] or self.model_config.image_size)
+        self.image_size = int(self.run.data.image_size or self.model_config.image_size)
         if self.image_size != self.model_config.image_size:
             raise SetupError(f"data.image_size={self.image_size} differs from the model's image size "
                              f"{self.model_config.image_size} (set model.overrides.image_size too)")
@@ -120,16 +120,16 @@ class Trainer(RunLoop):
         from .snapshot import is_snapshot
 
         from_snapshot = resume_path is not None and is_snapshot(resume_path)
-        use_init = bool(cfg["model"]["init_from"]) and (resume_path is None or from_snapshot)
-        init_from = os.path.expanduser(cfg["model"]["init_from"]) if use_init else ""
+        use_init = bool(self.run.model.init_from) and (resume_path is None or from_snapshot)
+        init_from = os.path.expanduser(self.run.model.init_from) if use_init else ""
         if init_from and not os.path.isfile(init_from):
             raise SetupError(f"model.init_from: {init_from}: file not found")
         # every file the config names is read before the data and the networks are built: a bad one fails at once
         init_weights = read_initial_weights(init_from) if init_from else None
         self._resume_state = read_resume_state(resume_path) if resume_path is not None and not from_snapshot else None
         self._vgg19 = None
-        vgg_path = cfg["perceptual"]["vgg19_weights"]
-        if vgg_path and any(float(w) for w in cfg["perceptual"]["weights"]):
+        vgg_path = self.run.losses.perceptual.vgg19_weights
+        if vgg_path and any(float(w) for w in self.run.losses.perceptual.weights):
             self._vgg19 = load_vgg19(os.path.expanduser(vgg_path))
 
         # data (a bad folder fails here)
@@ -160,7 +160,7 @@ class Trainer(RunLoop):
         if use_init:
             self.init_info, init_state = load_initial_weights(self.model, init_from, self.log, init_weights)
             del init_weights
-            if cfg["model"]["init_optimizers"] and init_state is None:
+            if self.run.model.init_optimizers and init_state is None:
                 raise SetupError("model.init_optimizers = true needs a training checkpoint (checkpoints/*.safetensors "
                                  "of a run) in model.init_from, not an inference checkpoint")
         self.warmup_report = self._motion_warmup(resume_path)
@@ -183,7 +183,7 @@ class Trainer(RunLoop):
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
         self.scheduler = EpochMultiStepLR([self.opt_g, self.opt_d], t.lr, list(t.lr_milestones), t.lr_gamma)
         self.start_step = 0
-        if init_state is not None and cfg["model"]["init_optimizers"]:
+        if init_state is not None and self.run.model.init_optimizers:
             from .checkpointing import restore_optimizers
 
             restore_optimizers(init_state, self.optimizers)
@@ -212,7 +212,7 @@ class Trainer(RunLoop):
 
     def _motion_warmup(self, resume_path: Path | None) -> dict | None:
         """Run the motion warm-up (training/warmup.py) on a new run; a resumed run keeps its first report."""
-        if int(self.cfg["motion_warmup"]["steps"]) <= 0:
+        if self.run.motion_warmup.steps <= 0:
             return None
         if resume_path is not None:
             try:

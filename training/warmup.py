@@ -42,6 +42,7 @@ from anytalk_core import synthetic as _syn
 
 from . import losses as L
 from . import synthetic_source as syn
+from .settings import MotionWarmup
 
 WARMUP_TAG = 0x3A11  # numpy seed namespace of the warm-up renders (held-out check: WARMUP_TAG + 1)
 
@@ -79,19 +80,19 @@ def warm_up_motion(model: nn.Module, config: dict, domains: list[str], size: int
                    log: Callable[[str], None] = print) -> dict:
     """Train ``model.motion`` (and ``model.keypoints`` when ``motion_warmup.keypoints``) on fresh synthetic
     stills against the renderer's ground truth; returns the report. The model is left in train mode."""
-    w = config["motion_warmup"]
-    steps, batch, lr = int(w["steps"]), int(w["batch_size"]), float(w["lr"])
-    with_keypoints = bool(w["keypoints"])
-    pose_weight = float(w["head_pose_weight"] if w["head_pose_weight"] >= 0 else config["head_pose"]["weight"])
+    w = MotionWarmup.of(config)
+    steps, batch, lr = w.steps, w.batch_size, w.lr
+    with_keypoints = w.keypoints
+    pose_weight = float(w.head_pose_weight if w.head_pose_weight >= 0 else config["head_pose"]["weight"])
     kp_weight = float(config["keypoint_supervision"]["weight"])
     prior_weight = float(config["deformation_prior"]["weight"])
-    expression_weight = float(w["expression_weight"])
+    expression_weight = w.expression_weight
     # with expression supervision the deltas of the supervised keypoints have a target; the prior keeps the rest at 0
     free = len(syn.SUPERVISED_LANDMARKS) if expression_weight else 0
     uses_scale = model.convention.uses_scale
     seed = int(config["seed"])
     t0 = time.time()
-    held_out = still_batch(domains, int(w["val_images"]), size, np.random.default_rng([WARMUP_TAG + 1, seed]))
+    held_out = still_batch(domains, w.val_images, size, np.random.default_rng([WARMUP_TAG + 1, seed]))
     before, expression_before = held_out_errors(model, held_out, device)
     params = list(model.motion.parameters()) + (list(model.keypoints.parameters()) if with_keypoints else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -102,7 +103,7 @@ def warm_up_motion(model: nn.Module, config: dict, domains: list[str], size: int
         f"held-out pose error before (yaw, pitch, roll): {before} deg, expression r {expression_before}")
     model.train()
     running: dict[str, float] = {}
-    every = max(1, int(w["log_every"]))
+    every = max(1, w.log_every)
     for step in range(steps):
         data = still_batch(domains, batch, size, np.random.default_rng([WARMUP_TAG, seed, step]))
         images = data["images"].to(device)
@@ -136,7 +137,7 @@ def warm_up_motion(model: nn.Module, config: dict, domains: list[str], size: int
               "weights": {"head_pose": pose_weight, "keypoint_supervision": kp_weight if with_keypoints else 0.0,
                           "deformation_prior": prior_weight, "expression": expression_weight},
               "images": steps * batch, "seconds": round(time.time() - t0, 1),
-              "held_out": {"images": int(w["val_images"]), "rng": f"default_rng([{WARMUP_TAG + 1:#x}, seed])",
+              "held_out": {"images": w.val_images, "rng": f"default_rng([{WARMUP_TAG + 1:#x}, seed])",
                            "pose_mae_deg_before": before, "pose_mae_deg_after": after,
                            "expression_r_before": expression_before, "expression_r_after": expression_after}}
     log(f"motion warm-up: done in {report['seconds']} s; held-out pose error (yaw, pitch, roll): {before} -> "
