@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import expression_edit
 from .models.base import SourceState, TalkingHeadModel, TransferOptions
 from .motion import Motion
 
@@ -209,13 +210,11 @@ class Engine:
         Families without retargeting networks (face-vid2vid) ignore the ratios: their plain driven keypoints."""
         if (eye_ratio is None and lip_ratio is None) or not hasattr(self.model, "retarget_eye"):
             return self.driven_keypoints(source, driving, options, reference=reference)
-        from .expression_edit import retarget, retargeted_keypoints
-
-        delta = retarget(self.model, source.keypoints, eye_ratios=eye_ratio, lip_ratios=lip_ratio,
-                         eyes=eye_ratio is not None, lips=lip_ratio is not None)
+        delta = expression_edit.retarget(self.model, source.keypoints, eye_ratios=eye_ratio, lip_ratios=lip_ratio,
+                                         eyes=eye_ratio is not None, lips=lip_ratio is not None)
         ref = reference.to(self.device) if reference is not None else None
-        return retargeted_keypoints(self.model, source, driving.to(self.device), options, reference=ref,
-                                    retarget_delta=delta).to("cpu")
+        return expression_edit.retargeted_keypoints(self.model, source, driving.to(self.device), options,
+                                                    reference=ref, retarget_delta=delta).to("cpu")
 
     # --- rendering ---------------------------------------------------------------------------------
     @torch.no_grad()

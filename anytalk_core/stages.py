@@ -128,7 +128,6 @@ def render_stage(engine: Engine, state: SourceState, keypoints: torch.Tensor,
     return engine.render(state, keypoints, progress=stage_progress(progress, "render", len(keypoints)), cancel=cancel)
 
 
-
 # --- Assemble helpers ------------------------------------------------------------------------------
 def aligned(rendered: Iterable[torch.Tensor],
             frames: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -150,6 +149,7 @@ def aligned(rendered: Iterable[torch.Tensor],
         joined = torch.cat(pending)
         yield chunk, joined[:n]
         pending, have = [joined[n:]], max(have - n, 0)
+
 
 # --- all together, in memory ------------------------------------------------------------------------
 def animate_clip(engine: Engine, source_image: torch.Tensor, driving_frames: torch.Tensor | Iterable[torch.Tensor],

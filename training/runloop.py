@@ -9,6 +9,7 @@ to disk, is ``self.cfg``.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -75,7 +76,7 @@ def environment() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-class RunLoop:
+class RunLoop(abc.ABC):
     """``Subclass(config, resume=...).fit()``; every check happens in the constructor."""
 
     start_step: int
@@ -112,21 +113,25 @@ class RunLoop:
             trainer.close()
 
     # ----- what a trainer supplies -------------------------------------------------------------------
+    @abc.abstractmethod
     def _init_device(self, run: RunSettings) -> DistInfo:
-        raise NotImplementedError
+        """The device and process group of this run."""
 
+    @abc.abstractmethod
     def _setup(self, resume: bool | str) -> None:
-        raise NotImplementedError
+        """Every check and the model, data and optimiser set-up before the first step."""
 
     def _steps(self):
         """What ``_step`` draws its batches from (None when a step makes its own)."""
         return None
 
+    @abc.abstractmethod
     def _step(self, step: int, batches) -> dict[str, float]:
-        raise NotImplementedError
+        """One optimiser step -> the values to log."""
 
+    @abc.abstractmethod
     def _log_window(self, step: int, window: dict[str, list[float]], rate: float) -> None:
-        raise NotImplementedError
+        """One metrics line for the steps of a logging window."""
 
     def _after_step(self, step: int, result: dict) -> bool:
         """Work after a step before the checkpoint; True stops the run (saved, like an interrupt)."""
@@ -142,11 +147,13 @@ class RunLoop:
         """The export at the end of the schedule."""
         return self.export(step=step)
 
+    @abc.abstractmethod
     def save(self, step: int) -> None:
-        raise NotImplementedError
+        """The training checkpoint of ``step``."""
 
+    @abc.abstractmethod
     def export(self, path: str | os.PathLike | None = None, step: int | None = None) -> str | None:
-        raise NotImplementedError
+        """The inference checkpoint; returns its path."""
 
     # ----- logging -----------------------------------------------------------------------------------
     def log(self, message: str) -> None:
