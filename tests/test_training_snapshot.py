@@ -179,6 +179,27 @@ def test_snapshot_is_small_and_stands_for_the_training_state(frozen_run, tmp_pat
             assert torch.equal(got, value), key
 
 
+def test_a_snapshot_accepts_anti_aliasing_kernels_recomputed_on_another_machine(frozen_run, tmp_path):
+    """The anti-aliasing kernels are rebuilt from the config on every machine, and their last bits differ between
+    platforms and torch builds (a CUDA machine with torch 2.11 refused the CPU-made demo128 snapshot): they are not
+    held to the snapshot's CRC, while every learned frozen weight still is (the next test)."""
+    from anytalk_training.model_init import derived_kernel_buffers
+
+    tmp, cfg, overrides = frozen_run
+    snap = tmp_path / "snap.safetensors"
+    write_snapshot(tmp / "run" / "checkpoints" / "last.safetensors", snap)
+    t = quiet(load_config(cfg, [*overrides, f"output_dir={tmp_path / 'probe'}"]))
+    try:
+        kernels = derived_kernel_buffers(t.model)
+        assert kernels, "the tiny keypoint detector downsamples through an anti-aliasing kernel"
+        with torch.no_grad():
+            for kernel in kernels.values():  # one ulp off, as another platform's exp() gives
+                kernel.copy_(torch.nextafter(kernel, torch.full_like(kernel, 2.0)))
+        assert read_snapshot(snap, t.model).step == 2
+    finally:
+        t.close()
+
+
 def test_a_run_continues_from_a_snapshot_and_refuses_other_frozen_networks(frozen_run, tmp_path, capsys):
     tmp, cfg, overrides = frozen_run
     snap = tmp_path / "snap.safetensors"

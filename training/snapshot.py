@@ -34,6 +34,7 @@ import torch
 from anytalk_core.safetensors_io import write_tagged
 
 from .checkpointing import TrainState, TrainStateError, _crc, read_train_state
+from .model_init import derived_kernel_buffers
 
 SNAPSHOT_FORMAT = "anytalk.train_snapshot"
 SNAPSHOT_VERSION = 1
@@ -143,8 +144,11 @@ def read_snapshot(path: str | os.PathLike, model: torch.nn.Module) -> TrainState
     if bad:
         raise TrainStateError(f"{path}: training snapshot is corrupt (checksum mismatch or missing: {bad[0]})")
     current = model.state_dict()
+    # Anti-aliasing kernels are recomputed from the config on every machine (their last bits differ between
+    # platforms and torch builds): they are not learned weights, so they are not held to the snapshot's CRC.
+    derived = set(derived_kernel_buffers(model))
     missing = sorted(k for k in frozen_crc if k not in current)
-    differing = sorted(k for k in frozen_crc if k in current and _crc(current[k]) != frozen_crc[k])
+    differing = sorted(k for k in frozen_crc if k in current and k not in derived and _crc(current[k]) != frozen_crc[k])
     if missing or differing:
         name = (missing or differing)[0]
         raise TrainStateError(f"{path}: the frozen networks it was trained with are not those of model.init_from "
