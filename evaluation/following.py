@@ -61,8 +61,8 @@ def pose_following(driving: torch.Tensor, generated: torch.Tensor,
     return {name: follow_stats(d[:, i], g[:, i]) for i, name in enumerate(POSE_COMPONENTS)}
 
 
-def mouth_activity(frames: torch.Tensor, annotator: SyntheticAnnotator | None = None) -> np.ndarray:
-    """Mean absolute change (N,) of the mouth region from frame 0 of a still talking head (N, 3, H, W).
+def mouth_region(frames: torch.Tensor, annotator: SyntheticAnnotator | None = None) -> torch.Tensor:
+    """The mouth box (N, 3, h, w) of a still talking head (N, 3, H, W), placed on frame 0.
 
     The box spans the annotator's mouth corners and outer lips on frame 0, widened by H/32 pixels and by H/16
     downwards (the jaw opens down)."""
@@ -75,7 +75,23 @@ def mouth_activity(frames: torch.Tensor, annotator: SyntheticAnnotator | None = 
     box = frames[:, :, max(0, y0):min(h, y1), max(0, x0):min(w, x1)].float()
     if box.numel() == 0:
         raise ValueError("the annotator placed the mouth outside the picture: is it a head of a synthetic domain?")
+    return box
+
+
+def mouth_activity(frames: torch.Tensor, annotator: SyntheticAnnotator | None = None) -> np.ndarray:
+    """Mean absolute change (N,) of the mouth region (:func:`mouth_region`) from frame 0 of a still talking head."""
+    box = mouth_region(frames, annotator)
     return (box - box[:1]).abs().mean(dim=(1, 2, 3)).double().numpy()
+
+
+def mouth_opening(frames: torch.Tensor, jaw: torch.Tensor, annotator: SyntheticAnnotator | None = None) -> float:
+    """How visibly a still talking head (N, 3, H, W) opens its mouth: the mean absolute difference (0..1) of its
+    mouth region (:func:`mouth_region`) between the frames where the driver's jaw (N,) is most open and most
+    closed."""
+    if jaw.shape[0] != frames.shape[0]:
+        raise ValueError(f"{jaw.shape[0]} jaw values for {frames.shape[0]} frames")
+    box = mouth_region(frames, annotator)
+    return float((box[int(jaw.argmax())] - box[int(jaw.argmin())]).abs().mean())
 
 
 def mouth_following(driving: torch.Tensor, generated: torch.Tensor,
@@ -94,6 +110,16 @@ def _mouth_box(landmarks: torch.Tensor, size: int) -> tuple[slice, slice]:
     x0, y0 = (int(v) for v in pts.min(0).values.floor())
     x1, y1 = (int(v) for v in pts.max(0).values.ceil())
     return slice(max(0, y0 - 2), min(size, y1 + 6)), slice(max(0, x0 - 2), min(size, x1 + 3))
+
+
+def audio_driven_frames(engine, state, speech, fps: float, n_frames: int, pose_strength: float = 0.0,
+                        rest=None) -> torch.Tensor:
+    """The prepared source driven by ``speech`` (``.waveform``, ``.sample_rate``) alone through the model's
+    audio-to-motion part, relative to its silent face: frames (n_frames, 3, S, S) in 0..1."""
+    rest = engine.rest_motion(fps) if rest is None else rest
+    motion = engine.audio_motion((speech.waveform, speech.sample_rate), fps, n_frames=n_frames,
+                                 pose_strength=pose_strength)
+    return torch.cat(list(engine.render(state, engine.driven_keypoints(state, motion, reference=rest))))
 
 
 def audio_mouth_following(model: torch.nn.Module, clips: int = 6, seconds: float = 5.0, fps: float = 25.0,
@@ -120,8 +146,7 @@ def audio_mouth_following(model: torch.nn.Module, clips: int = 6, seconds: float
         portrait = synthetic.render_batch(identity, torch.tensor([[0, 0, 0, 0, 0, 1.0]]), torch.zeros(1, 7), size)
         _pose, expression, speech = synthetic.sample_motion(n, fps, np.random.default_rng([60_000, i]), with_audio=True)
         state = engine.prepare_source(portrait.images[0].permute(2, 0, 1)[None])
-        motion = engine.audio_motion((speech.waveform, speech.sample_rate), fps, n_frames=n, pose_strength=pose_strength)
-        frames = torch.cat(list(engine.render(state, engine.driven_keypoints(state, motion, reference=rest))))
+        frames = audio_driven_frames(engine, state, speech, fps, n, pose_strength, rest)
         still = torch.cat(list(engine.render(state, state.keypoints.cpu())))
         rows, cols = _mouth_box(portrait.landmarks[0], size)
         change = (frames[:, :, rows, cols] - still[:, :, rows, cols]).abs().mean(dim=(1, 2, 3))
@@ -142,6 +167,30 @@ def demo_following(checkpoint=None, source=None) -> tuple[dict[str, dict[str, fl
     talking, result = demo_frames(model, source, still)
     annotator = load_annotator()
     return pose_following(driving, generated, annotator), mouth_following(talking, result, annotator)
+
+
+def demo_mouth_opening(checkpoint=None, source=None, fps: float = 25.0) -> dict[str, float]:
+    """How visibly the demo's result opens its mouth (:func:`mouth_opening`) on the bundled talking face held
+    still: ``{"video"}`` driven by its frames, ``{"audio"}`` by its speech alone (``pose_strength`` 0; NaN when
+    the checkpoint has no audio-to-motion part)."""
+    from anytalk_app.demo import DEMO_CHECKPOINT, demo_file, demo_frames
+    from anytalk_core.checkpoints import load_model
+    from anytalk_core.demo import DEMO_SOURCE, demo_driving, fit_square
+    from anytalk_core.engine import Engine, EngineConfig
+    from anytalk_core.media import load_image
+
+    model = load_model(str(checkpoint or demo_file(DEMO_CHECKPOINT)))
+    size = int(model.config.image_size)
+    still, jaw, speech = demo_driving(size, fps=fps, head_motion=False)
+    annotator = load_annotator()
+    _, result = demo_frames(model, source, still, fps=fps)
+    opening = {"video": mouth_opening(result, jaw, annotator), "audio": float("nan")}
+    if model.has_audio2motion:
+        engine = Engine(model, EngineConfig(device="cpu"))
+        image = load_image(source or demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
+        state = engine.prepare_source(fit_square(image, size))
+        opening["audio"] = mouth_opening(audio_driven_frames(engine, state, speech, fps, jaw.shape[0]), jaw, annotator)
+    return opening
 
 
 def format_following(pose: dict[str, dict[str, float]], mouth: dict[str, float] | None = None) -> str:

@@ -216,7 +216,7 @@ def test_following_of_renders_reads_the_true_motion(annotator):
     """A render that copies the driver's pose and jaw onto another identity follows it (gain near 1, mouth r
     near 1); the source picture repeated does not (gain 0); the check fails on mismatched inputs."""
     from anytalk_core.demo import demo_motion
-    from anytalk_eval.following import mouth_following, pose_following
+    from anytalk_eval.following import mouth_following, mouth_opening, pose_following
 
     rng = np.random.default_rng(5)
     pose, expression, _ = demo_motion(24, 8.0, rng)  # a 3 s turn, nod and tilt in 24 frames, with speech
@@ -239,5 +239,12 @@ def test_following_of_renders_reads_the_true_motion(annotator):
     talking, mouthing = both(frontal)
     assert mouth_following(talking, mouthing, annotator)["r"] > 0.9
     assert math.isnan(mouth_following(talking, mouthing[:1].expand_as(mouthing), annotator)["r"])
+    jaw = expression[:, syn.EXPRESSION_FIELDS.index("jaw_open")]
+    rendered = mouth_opening(mouthing, jaw, annotator)  # a render that really opens its jaw
+    assert rendered > 0.02, rendered
+    assert mouth_opening(mouthing[:1].expand_as(mouthing), jaw, annotator) == 0.0  # a still picture opens nothing
+    assert mouth_opening(mouthing, -jaw, annotator) == pytest.approx(rendered)  # symmetric in open and closed
+    with pytest.raises(ValueError, match="jaw values"):
+        mouth_opening(mouthing, jaw[:5], annotator)
     with pytest.raises(ValueError, match="same N"):
         pose_following(driving, moved[:5], annotator)
