@@ -24,7 +24,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _animate(args: argparse.Namespace) -> int:
     from anytalk_core.checkpoints import load_model
     from anytalk_core.engine import EngineConfig, resolve_device
-    from anytalk_core.models.base import TransferOptions
+    from anytalk_core.memory import map_large_allocations
+    from anytalk_core.models.base import TalkingHeadModel, TransferOptions
     from anytalk_core.pipeline import AnimateOptions, animate_file, check_inputs, check_paths
 
     options = AnimateOptions(
@@ -38,7 +39,9 @@ def _animate(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,), audio=args.audio)
     check_inputs(args.source, args.driving, args.audio)  # every input decodes before the model is loaded
-    model = load_model(args.checkpoint, family=args.family.replace("-", "_"))
+    map_large_allocations()  # a one-shot process: freed activations go back to the OS (peak memory)
+    # the rendering networks are read only once the driving motion is known (after the others are freed)
+    model = load_model(args.checkpoint, family=args.family.replace("-", "_"), defer=TalkingHeadModel.render_modules)
     bars = _StageBars(args.quiet)
     try:
         out = animate_file(model, args.source, args.driving, args.out, options, progress=bars.update, audio=args.audio,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -30,13 +32,14 @@ from .weights import FORMAT_NAME, CheckpointError, LoadedWeights, StateDict, rea
 # Reading: our format first, then each family's released layouts (models.registry.READERS)
 # ------------------------------------------------------------------------------------------------
 
-def read_ours(path: str, family: str) -> LoadedWeights | None:
-    """Our single-file format (``format`` = ``anytalk`` metadata); None for any other file."""
+def read_ours(path: str, family: str, skip: Callable[[str], bool] | None = None) -> LoadedWeights | None:
+    """Our single-file format (``format`` = ``anytalk`` metadata); None for any other file. Keys ``skip``
+    accepts are not read (meta tensors of their shape)."""
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         return None
     if read_safetensors_meta(path).get("format") != FORMAT_NAME:  # another layout: left to the family readers
         return None
-    state, meta = read_tagged(path, FORMAT_NAME, "AnyTalk checkpoint", error=CheckpointError)
+    state, meta = read_tagged(path, FORMAT_NAME, "AnyTalk checkpoint", error=CheckpointError, skip=skip)
     try:
         version = int(meta.get("format_version", "0"))
         config = ModelConfig.from_json(meta["config"])
@@ -56,17 +59,30 @@ def read_ours(path: str, family: str) -> LoadedWeights | None:
     return LoadedWeights(path, config.family, state, config, provenance)
 
 
-def read_weights(path: str | os.PathLike, family: str = "auto") -> LoadedWeights:
-    """Read any supported checkpoint into our layout (no model built yet)."""
+def _in_networks(names: tuple[str, ...]) -> Callable[[str], bool]:
+    prefixes = tuple(f"{name}." for name in names)
+    return lambda key: key.startswith(prefixes)
+
+
+def read_weights(path: str | os.PathLike, family: str = "auto", defer: tuple[str, ...] = ()) -> LoadedWeights:
+    """Read any supported checkpoint into our layout (no model built yet). The weights of the networks named
+    in ``defer`` are not read: they are meta tensors of their shape (torch files are memory-mapped, so their
+    pages are never touched either)."""
     path = os.fspath(path)
     if family != "auto":
         get_family(family)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
-    for reader in (read_ours, *READERS):
-        weights = reader(path, family)
+    skip = _in_networks(defer) if defer else None
+    weights = read_ours(path, family, skip)
+    for reader in READERS:
         if weights is not None:
-            return _check_requested_family(weights, family)
+            break
+        weights = reader(path, family)
+    if weights is not None:
+        if skip is not None:
+            weights.state = {k: v.to("meta") if skip(k) else v for k, v in weights.state.items()}
+        return _check_requested_family(weights, family)
     raise CheckpointError(
         f"{path}: not a recognised checkpoint (expected an AnyTalk .safetensors, a face-vid2vid .pth.tar with "
         "generator/kp_detector/he_estimator, or a LivePortrait folder or module file)")
@@ -137,19 +153,52 @@ def model_from_weights(weights: LoadedWeights, with_discriminator: bool = False,
         raise CheckpointError(f"{weights.path}: its config describes no buildable model ({short_error(exc)})") from None
     check_state_dict(weights.path, model, state)
     weights.state = {}
-    for key in list(state):
-        value = state.pop(key)
-        if not _fresh_float32(value):
-            value = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
-        state[key] = value
-    model.load_state_dict(state, strict=True, assign=True)
-    for module in model.modules():  # derived, non-persistent buffers (e.g. image-pyramid kernels)
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            module.reset_buffers()
+    deferred = {key.partition(".")[0] for key, value in state.items() if value.is_meta}
+    model.load_state_dict(_adopted(state), strict=True, assign=True)
+    model.unloaded_networks = set(deferred)
+    _reset_derived_buffers(model, skip=deferred)
     model.provenance = weights.provenance
     model.load_notes = list(weights.notes)
     model.source_path = weights.path
+    model.deferred_weights = _DeferredWeights(weights.path, weights.family, _file_stamp(weights.path), deferred)
     return model.eval()
+
+
+@dataclass
+class _DeferredWeights:
+    """Where the networks :func:`load_model` left unread come from, to read them later (:func:`load_deferred`)."""
+
+    path: str
+    family: str
+    stamp: tuple[int, int]
+    networks: set[str]
+
+
+def _file_stamp(path: str) -> tuple[int, int]:
+    """(size, modification time) of a file, or of the newest file in a checkpoint folder."""
+    paths = [os.path.join(path, name) for name in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    stats = [os.stat(p) for p in paths if os.path.isfile(p)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
+def _adopted(state: StateDict) -> StateDict:
+    """Each tensor as a parameter needs it: already fresh float32 memory is taken as is (the file's copy was
+    released), anything else is copied once; meta tensors (networks not read yet) stay meta."""
+    for key in list(state):
+        value = state.pop(key)
+        if not value.is_meta and not _fresh_float32(value):
+            value = value.to(torch.float32, copy=True) if value.is_floating_point() else value.clone()
+        state[key] = value
+    return state
+
+
+def _reset_derived_buffers(model: torch.nn.Module, skip: set[str] = frozenset()) -> None:
+    """Rebuild derived, non-persistent buffers (e.g. image-pyramid kernels) left on the meta device."""
+    for name, module in model.named_modules():
+        if name.partition(".")[0] in skip:
+            continue
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            module.reset_buffers()
 
 
 def _fresh_float32(t: torch.Tensor) -> bool:
@@ -160,11 +209,38 @@ def _fresh_float32(t: torch.Tensor) -> bool:
 
 def load_model(path: str | os.PathLike, family: str = "auto", with_discriminator: bool = False,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               config_overrides: dict | None = None) -> TalkingHeadModel:
-    """Load any supported checkpoint (file or LivePortrait folder) into an eval-mode model."""
-    weights = read_weights(path, family)
+               config_overrides: dict | None = None, defer: tuple[str, ...] = ()) -> TalkingHeadModel:
+    """Load any supported checkpoint (file or LivePortrait folder) into an eval-mode model.
+
+    The networks named in ``defer`` (e.g. ``model.render_modules``) are checked against the file but not read:
+    they stay on the meta device until :func:`load_deferred`, so a one-shot run never holds every stage's
+    weights at once."""
+    weights = read_weights(path, family, defer=defer)
     model = model_from_weights(weights, with_discriminator=with_discriminator, config_overrides=config_overrides)
     return model.to(device=device, dtype=dtype)
+
+
+def load_deferred(model: TalkingHeadModel) -> None:
+    """Read the networks :func:`load_model` deferred from the same file, on the device and in the dtype of the
+    model's other weights. The file must not have changed since (CheckpointError otherwise)."""
+    deferred = getattr(model, "deferred_weights", None)
+    if deferred is None or not deferred.networks:
+        return
+    if _file_stamp(deferred.path) != deferred.stamp:
+        raise CheckpointError(f"{deferred.path}: the checkpoint changed while it was in use; run again")
+    others = tuple(name for name, _ in model.named_children() if name not in deferred.networks)
+    state = read_weights(deferred.path, deferred.family, defer=others).state
+    loaded = next((p for p in model.parameters() if not p.is_meta), None)
+    for name in sorted(deferred.networks):
+        network = getattr(model, name)
+        part = {k[len(name) + 1:]: state.pop(k) for k in list(state) if k.startswith(f"{name}.")}
+        check_state_dict(deferred.path, network, part)
+        network.load_state_dict(_adopted(part), strict=True, assign=True)
+        _reset_derived_buffers(network)
+        if loaded is not None:
+            network.to(device=loaded.device, dtype=loaded.dtype)
+        model.unloaded_networks.discard(name)
+    deferred.networks = set()
 
 
 # ------------------------------------------------------------------------------------------------

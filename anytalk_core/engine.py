@@ -117,12 +117,18 @@ class Engine:
         self.dtype = PRECISIONS[self.config.precision]
         self.model = model.to(self.device).eval()
         self.channels_last = self._default_channels_last() if self.config.channels_last is None else self.config.channels_last
-        if self.channels_last:
-            self.model.generator.to(memory_format=torch.channels_last)
+        self.refresh_layout()
         self._decode = torch.compile(self.model.decode) if self.config.compile else self.model.decode
         # On the CPU one frame already fills the GEMMs at full size, and frame-by-frame decoding makes the
         # output independent of the chunk size bit for bit; on GPUs batching pays.
         self.batch_frames = self.device.type != "cpu" if self.config.batch_frames is None else self.config.batch_frames
+
+    def refresh_layout(self) -> None:
+        """Put the model's loaded networks on the engine's device and the generator in its memory layout (again
+        after networks were read late: ``checkpoints.load_deferred``)."""
+        self.model.to(self.device)
+        if self.channels_last and "generator" not in self.model.unloaded_networks:
+            self.model.generator.to(memory_format=torch.channels_last)
 
     def _default_channels_last(self) -> bool:
         # Measured slower on an AVX2 CPU (fp32 and bf16); tensor cores on CUDA prefer NHWC for half precision.

@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import torch
 
+from .checkpoints import load_deferred
 from .crop import CropSpec, paste_back
 from .demo import MAX_TILE, MIN_TILE, fit_square
 from .engine import Engine, EngineConfig, StageProgressFn
@@ -153,6 +154,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     keypoints = transfer_stage(engine, portrait.state, motion, options.transfer, options.smoothing, fps)
     if options.release_networks:
         model.release_networks(model.networks_not_needed_for_rendering())
+    load_deferred(model)  # the rendering networks, when the loader deferred them (the CLI does)
+    engine.refresh_layout()
 
     if sound is None and options.keep_audio and info.has_audio:
         sound = read_audio(driving)

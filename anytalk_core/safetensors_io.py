@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,13 @@ def read_header(path: str | os.PathLike, what: str = "safetensors file") -> tupl
                               reason=str(exc.strerror or exc)) from None
 
 
-def read_safetensors(path: str | os.PathLike, what: str = "safetensors file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, what: str = "safetensors file",
+                     skip: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata, read tensor by tensor into fresh memory after the header is validated.
 
     Plain reads instead of a memory map: the file's pages never count towards the process's memory, so the
-    tensors occupy the file's size once.
+    tensors occupy the file's size once. Entries whose name ``skip`` accepts are not read: they come back
+    as meta tensors of their shape and dtype (validated like the rest).
     """
     path = os.fspath(path)
     try:
@@ -95,6 +98,9 @@ def read_safetensors(path: str | os.PathLike, what: str = "safetensors file") ->
             entries, meta, data_start = _parse_header(f, size)
             state: dict[str, torch.Tensor] = {}
             for entry in entries:
+                if skip is not None and skip(entry.name):
+                    state[entry.name] = torch.empty(entry.shape, dtype=entry.dtype, device="meta")
+                    continue
                 tensor = torch.empty(entry.shape, dtype=entry.dtype)
                 nbytes = entry.end - entry.begin
                 f.seek(data_start + entry.begin)
@@ -288,13 +294,13 @@ def read_tagged_meta(path: str | os.PathLike, format: str | tuple[str, ...], wha
 
 
 def read_tagged(path: str | os.PathLike, format: str | tuple[str, ...], what: str,
-                error: type[Exception] = FileFormatError, hint: str = ""
-                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                error: type[Exception] = FileFormatError, hint: str = "",
+                skip: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a file tagged ``format``: the tag is checked on the header before any tensor is
-    read; every fault raises ``error`` (see :func:`read_tagged_meta`)."""
+    read; every fault raises ``error`` (see :func:`read_tagged_meta`); ``skip`` as in :func:`read_safetensors`."""
     meta = read_tagged_meta(path, format, what, error, hint)
     try:
-        tensors, _ = read_safetensors(path, what)
+        tensors, _ = read_safetensors(path, what, skip)
     except FileFormatError as exc:
         raise _tagged_error(error, os.fspath(path), f"not a readable safetensors file ({exc.reason})", hint) from None
     return tensors, meta

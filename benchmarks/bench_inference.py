@@ -9,7 +9,8 @@ Full size (256 px, the released face-vid2vid widths), random weights, fixed thre
   the whole generator on the source image with the appearance volume recomputed, batch 1, the literal SPADE
   computation) against the engine in fp32 and bf16: ms/frame, ratio, fraction of the compute limit, and max
   abs difference; the effect of each saving measured alone;
-- peak RSS of the streaming CLI at full size, and at tiny widths for 100 vs 2,000 frames.
+- peak RSS of the streaming CLI at full size from our .safetensors and from a .pth.tar in face-vid2vid's released
+  layout (with the discriminator and optimizer states), and at tiny widths for 100 vs 2,000 frames.
 All ratios come from this one run.
 """
 from __future__ import annotations
@@ -74,6 +75,24 @@ def peak_rss_of(cmd: list[str]) -> float:
         raise RuntimeError(result.stderr[-2000:])
     line = [ln for ln in result.stderr.splitlines() if ln.startswith("PEAK_RSS_KB")][-1]
     return int(line.split()[1]) / 2 ** 20
+
+
+def released_layout(model: nn.Module) -> dict:
+    """The model as face-vid2vid's released ``.pth.tar`` holds it: a state dict per network (the generator with
+    the appearance encoder and dense motion inside), the discriminator, and Adam's state for each network."""
+    names = {"appearance": "generator", "dense_motion": "generator", "generator": "generator",
+             "keypoints": "kp_detector", "motion": "he_estimator", "discriminator": "discriminator"}
+    out: dict = {name: {} for name in set(names.values())}
+    for key, value in model.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head in names:
+            out[names[head]][("dense_motion_network." if head == "dense_motion" else "") + rest] = value
+    for name in list(out):
+        params = [v for v in out[name].values() if v.is_floating_point()]
+        out[f"optimizer_{name}"] = {"state": {i: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p),
+                                                  "exp_avg_sq": torch.zeros_like(p)} for i, p in enumerate(params)},
+                                    "param_groups": [{"lr": 2e-4, "params": list(range(len(params)))}]}
+    return out
 
 
 def make_clip(folder: str, name: str, n: int, size: int) -> str:
@@ -219,19 +238,23 @@ def main() -> None:
 
         save_image(torch.rand(256, 256, 3), os.path.join(tmp, "source.png"))
         full_ckpt = os.path.join(tmp, "full.safetensors")
-        model_cpu = build_model(ModelConfig())
+        released_ckpt = os.path.join(tmp, "full.pth.tar")
+        model_cpu = build_model(ModelConfig(), with_discriminator=True)
         save_checkpoint(model_cpu, full_ckpt)
+        torch.save(released_layout(model_cpu), released_ckpt)
         del model_cpu
         tiny_ckpt = os.path.join(tmp, "tiny.safetensors")
         save_checkpoint(build_model(tiny_config(with_discriminator=False)), tiny_ckpt)
 
-        def cli(ckpt: str, clip: str, out: str) -> list[str]:
+        def cli(ckpt: str, clip: str, out: str, chunk: int = 4) -> list[str]:
             return ["animate", "--source", os.path.join(tmp, "source.png"), "--driving", clip, "--checkpoint", ckpt,
-                    "--out", os.path.join(tmp, out), "--quiet", "--device", "cpu", "--chunk", "4"]
+                    "--out", os.path.join(tmp, out), "--quiet", "--device", "cpu", "--chunk", str(chunk)]
 
-        full_clip = make_clip(tmp, "full.mp4", 2, 256)
-        rss_full = peak_rss_of(cli(full_ckpt, full_clip, "out_full.mp4"))
-        print(f"\npeak RSS of `anytalk animate` at full size (256 px, 2 frames): {rss_full:.2f} GiB")
+        full_clip = make_clip(tmp, "full.mp4", 4, 256)
+        print("\npeak RSS of `anytalk animate` at full size (256 px, 4 frames, default chunk):")
+        for label, ckpt in ((".safetensors (ours)", full_ckpt), (".pth.tar (released layout)", released_ckpt)):
+            rss = peak_rss_of(cli(ckpt, full_clip, f"out_{os.path.basename(ckpt)}.mp4", chunk=8))
+            print(f"  {label:28s} {rss:.3f} GiB (file {os.path.getsize(ckpt) / 2 ** 30:.2f} GiB)")
         short = make_clip(tmp, "short.mp4", 100, 64)
         long = make_clip(tmp, "long.mp4", 2000, 64)
         rss_short = peak_rss_of(cli(tiny_ckpt, short, "out_short.mp4"))

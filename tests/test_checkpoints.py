@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from anytalk_core import checkpoints
 from anytalk_core.checkpoints import CheckpointError
 from anytalk_app.cli import main as cli_main
+from anytalk_core.models.base import TransferOptions
 from anytalk_core.models.config import ModelConfig, tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.engine import Engine, EngineConfig
@@ -208,3 +209,54 @@ def test_registry_lists_every_family_and_its_transfer_options():
     assert get_family("liveportrait_animal").default_config().extra["variant"] == "animal"
     with pytest.raises(ValueError, match="unknown model family 'sadtalker'; known: face_vid2vid, liveportrait"):
         get_family("sadtalker")
+
+
+@pytest.mark.parametrize("layout", ["ours", "released"])
+def test_deferred_networks_are_read_only_when_asked_and_give_the_same_frames(tiny_model, tmp_path, layout):
+    """``load_model(defer=...)`` checks the deferred networks against the file but reads them only at
+    ``load_deferred``, after the other networks may already be released (what the CLI does for its peak memory)."""
+    if layout == "ours":
+        path = tmp_path / "tiny.safetensors"
+        checkpoints.save_checkpoint(tiny_model, path)
+    else:
+        path = tmp_path / "tiny.pth.tar"
+        torch.save(released_layout(tiny_model), path)
+    full = checkpoints.load_model(path)
+    lazy = checkpoints.load_model(path, defer=full.render_modules)
+    assert lazy.unloaded_networks == {"dense_motion", "generator"}
+    assert all(p.is_meta for p in lazy.generator.parameters()) and not any(p.is_meta for p in lazy.motion.parameters())
+    engine = Engine(lazy, EngineConfig(device="cpu"))  # moving a model leaves unread networks alone
+    src, drv = frames(1), frames(3)
+    source = engine.prepare_source(src)
+    keypoints = engine.driven_keypoints(source, engine.estimate_motion(drv), TransferOptions())
+    lazy.release_networks(lazy.networks_not_needed_for_rendering())
+    checkpoints.load_deferred(lazy)
+    assert lazy.unloaded_networks == set(lazy.networks_not_needed_for_rendering())  # released ones stay released
+    assert not any(p.is_meta for p in lazy.dense_motion.parameters())
+    engine.refresh_layout()
+    assert torch.equal(torch.cat(list(engine.render(source, keypoints))), animate(full, src, drv))
+    checkpoints.load_deferred(lazy)  # nothing left to read: a no-op
+
+
+def test_a_checkpoint_changed_before_its_deferred_networks_are_read_is_refused(tiny_model, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    checkpoints.save_checkpoint(tiny_model, path)
+    lazy = checkpoints.load_model(path, defer=("generator",))
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(CheckpointError, match="changed while it was in use"):
+        checkpoints.load_deferred(lazy)
+
+
+def test_skipped_safetensors_entries_are_validated_but_not_read(tiny_model, tmp_path):
+    from anytalk_core.safetensors_io import read_safetensors
+
+    path = tmp_path / "tiny.safetensors"
+    checkpoints.save_checkpoint(tiny_model, path)
+    everything, _ = read_safetensors(path)
+    some, _ = read_safetensors(path, skip=lambda key: key.startswith("generator."))
+    assert some.keys() == everything.keys()
+    for key, value in some.items():
+        assert value.shape == everything[key].shape and value.dtype == everything[key].dtype
+        assert value.is_meta == key.startswith("generator."), key
+        if not value.is_meta:
+            assert torch.equal(value, everything[key])

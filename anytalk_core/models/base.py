@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..geometry import convex_hull_volume, euler_to_rotation_matrix, transform_keypoints
+from ..memory import return_freed_memory
 from ..motion import Motion, interpolate
 from .audio2motion import AudioToMotion
 from .config import ModelConfig
@@ -22,18 +23,6 @@ def build_audio2motion(config: ModelConfig) -> nn.Module:
     if config.audio2motion is None:
         return Unavailable("audio-to-motion", NO_AUDIO2MOTION_FIX)
     return AudioToMotion(config.audio2motion)
-
-
-def return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise); a no-op where unsupported."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 @dataclass
@@ -85,6 +74,17 @@ class TalkingHeadModel(nn.Module, abc.ABC):
         super().__init__()
         self.config = config
         self.audio2motion = build_audio2motion(config)
+        # child networks whose weights are not in memory (on the meta device): released after use, or not yet
+        # read (``checkpoints.load_model(defer=...)``); moving the model leaves them where they are
+        self.unloaded_networks: set[str] = set()
+
+    def _apply(self, fn, recurse: bool = True):
+        if not recurse or not self.unloaded_networks:
+            return super()._apply(fn, recurse)
+        for name, child in self.named_children():
+            if name not in self.unloaded_networks:
+                child._apply(fn)
+        return super()._apply(fn, recurse=False)
 
     @property
     def has_audio2motion(self) -> bool:
@@ -151,11 +151,13 @@ class TalkingHeadModel(nn.Module, abc.ABC):
 
         They move to the meta device: the model can still do what needs only the other networks, but a
         call into a released one raises. The CLI frees the source-only networks after preparing the source,
-        and everything but :attr:`render_modules` once the driven keypoints are known, to keep its peak
-        memory low.
+        and everything but :attr:`render_modules` once the driven keypoints are known; it reads the
+        render modules only then (``checkpoints.load_model(defer=...)``, ``checkpoints.load_deferred``), so
+        no two stages' weights are in memory at once.
         """
         for name in names:
             getattr(self, name).to("meta")
+            self.unloaded_networks.add(name)
         return_freed_memory()
 
     def networks_not_needed_for_rendering(self) -> list[str]:
