@@ -6,6 +6,7 @@ that drifts across 35 % of its width; the renderer's landmarks say where the fac
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +16,14 @@ from anytalk_core import synthetic as syn
 from anytalk_core.crop import apply_crop, crop_auto, crop_squares, square_crop
 from anytalk_core.detection import FRAMINGS
 from anytalk_core.detection.train_heads import render_face_frame
+from anytalk_core.checkpoints import load_model
+from anytalk_core.engine import Engine, EngineConfig
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.stages import crop_spec, cropped_frames, framing_family, track_head
 
 N, RENDER, H, W, CROP = 30, 96, 128, 224, 64
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,9 +34,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def clip():
-    """Frames (N, 3, H, W), the face centre in each (N, 2) px, and the same head's centre without drift (N, 2)."""
+def drifting_clip(drift: float = 1.0):
+    """Frames (N, 3, H, W), the face centre in each (N, 2) px, and the same head's centre without drift (N, 2);
+    ``drift`` 0 keeps the head in place (its own turning, nodding and talking only)."""
     rng = np.random.default_rng(3)
     identity = syn.sample_identity("animal", rng)
     t = torch.arange(N, dtype=torch.float32) / 25
@@ -44,8 +48,8 @@ def clip():
     expression[:, 0] = 0.5 + 0.5 * torch.sin(2 * np.pi * 1.3 * t)  # jaw
     out = syn.render_batch(identity, pose, expression, RENDER)
     own, _, _ = render_face_frame(out.landmarks)
-    x0 = np.round(10 + 0.35 * W * np.arange(N) / (N - 1)).astype(int)
-    y0 = np.round(16 + 6 * np.sin(np.arange(N) / 5)).astype(int)
+    x0 = np.round(10 + drift * 0.35 * W * np.arange(N) / (N - 1)).astype(int)
+    y0 = np.round(16 + drift * 6 * np.sin(np.arange(N) / 5)).astype(int)
     frames = torch.empty(N, 3, H, W)
     for i in range(N):
         canvas = torch.stack([torch.full((H, W), 0.45), torch.linspace(0.3, 0.7, W).expand(H, W),
@@ -56,6 +60,11 @@ def clip():
         frames[i] = canvas
     truth = own.double() + torch.from_numpy(np.stack([x0, y0], 1)).double()
     return frames, truth, own.double()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return drifting_clip()
 
 
 def in_crop(spec, points):
@@ -104,6 +113,26 @@ def test_relative_motion_has_no_jump_where_the_crop_moves(clip, tracked):
     jumpy = square_crop((H, W), raw.centers[held], raw.sides[held], CROP, raw.angles[held])
     jumps = (in_crop(jumpy, truth) / CROP).diff(dim=0).norm(dim=1)
     assert jumps.max() > own_step + 0.05  # the criterion sees a crop that jumps
+
+
+def test_a_trained_model_reads_no_jump_from_tracked_crops(clip, tracked):
+    """The shipped demo checkpoint (trained on the renders) reads the head's translation from the crops: tracked,
+    its frame-to-frame change stays within that of the same renders without drift (one square) plus 1 % of the
+    crop (0.02 in the model's -1..1 units); a crop that jumps to each detection gives steps several times that."""
+    frames, _, _ = clip
+    still, _, _ = drifting_clip(drift=0.0)
+    engine = Engine(load_model(REPO_ROOT / "assets" / "demo" / "anytalk_demo.safetensors"), EngineConfig(device="cpu"))
+
+    def steps(spec, video):
+        motion = engine.estimate_motion(cropped_frames(iter(video.split(8)), spec), total=N, fps=25.0)
+        return motion.translation[:, :2].diff(dim=0).norm(dim=1)
+
+    own = steps(crop_auto(still[:1], CROP), still).max()
+    assert steps(tracked.spec(CROP), frames).max() <= own + 0.02
+    raw = track_head(iter(frames.split(7)), CROP, every=5, smoothing=0.0)
+    held = torch.tensor([max(k for k in tracked.keys if k <= i) for i in range(N)])
+    jumpy = square_crop((H, W), raw.centers[held], raw.sides[held], CROP, raw.angles[held])
+    assert steps(jumpy, frames).max() > own + 0.1
 
 
 def test_tracking_is_the_same_whatever_the_chunks_and_smoothing_is_zero_lag(clip, tracked):
