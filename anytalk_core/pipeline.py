@@ -205,7 +205,8 @@ def _driving_frames(driving: str, fps: float, crop: str, size: int, say: Callabl
         return (frame.permute(2, 0, 1).unsqueeze(0).float() / 255 for frame in frames)
 
     if crop == TRACKED:
-        track = track_head(as_input(decoded()), size, every=track_every, fps=fps, family=family, total=total,
+        uint8 = (frame.permute(2, 0, 1).unsqueeze(0) for frame in decoded())  # the tracker converts what it reads
+        track = track_head(uint8, size, every=track_every, fps=fps, family=family, total=total,
                            progress=stage_progress(progress, "tracking", total))
         if say is not None:
             say(f"crop tracked: the driving video: {track.describe()} ({family} driving framing)")

@@ -12,8 +12,9 @@ takes the first frame's fallback square (the foreground heuristic or the centre)
 Two passes, not a causal filter on the stream: interpolating between detections needs the next detection
 anyway (a look-ahead of ``every`` frames), and a causal smoother (the 1€ filter) lags, so the square would
 trail a moving head by a few frames and the motion estimator would see the lag as head motion. The first pass
-only decodes the frames and keeps, per frame, four numbers (centre, side, angle: 32 bytes; 14 MB for the
-longest clip the limits allow, 30 min at 240 fps); the second pass crops as it streams. Callers hand in a
+only decodes the frames (converting to float only those looked at) and keeps, per frame, four numbers
+(centre, side, angle) and then the crop's matrix: 80 bytes a frame, 35 MB for the longest clip the limits
+allow (30 min at 240 fps); the second pass crops as it streams. Callers hand in a
 source of frames they can read twice (a file decoded again, or an IMAGE batch already in memory).
 """
 from __future__ import annotations
@@ -83,7 +84,8 @@ def track_head(chunks: Iterable[torch.Tensor], size: int, every: int = TRACK_EVE
                smoothing: float = TRACK_SMOOTHING, family: str = "anytalk", backend: str = "auto",
                total: int | None = None, progress: Callable[[int, int], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Track:
-    """Track the head through driving frames (chunks (n, C, H, W) in 0..1, any chunking) -> :class:`Track`.
+    """Track the head through driving frames (chunks (n, C, H, W), float in 0..1 or uint8, any chunking) ->
+    :class:`Track`.
 
     ``every``: frames between detections (1 = every frame); ``smoothing`` in [0, 1] (0: the interpolated squares
     as they are); ``family`` picks the driving framing (:data:`~anytalk_core.detection.FRAMINGS`); ``backend``
@@ -102,6 +104,7 @@ def track_head(chunks: Iterable[torch.Tensor], size: int, every: int = TRACK_EVE
     last = None
 
     def detect(frame: torch.Tensor, index: int) -> None:
+        frame = frame if frame.is_floating_point() else frame.float() / 255  # only the frames looked at
         spec, (report,) = crop_auto_with_report(frame, size, backend, family=family, role="driving")
         center, side, angle = crop_squares(spec)
         keys.append(index)

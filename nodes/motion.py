@@ -46,8 +46,10 @@ def estimate_motion(model, images: torch.Tensor, crop: str = "full", box: tuple[
     family = framing_family(model.model)
     if crop == TRACKED_CROP:
         tracking = _comfy.Progress(n)
-        spec = track_head(frames(), size, fps=float(fps), family=family, total=n, progress=tracking.update,
-                          cancel=tracking.cancel).spec(size)
+        track = track_head(frames(), size, fps=float(fps), family=family, total=n, progress=tracking.update,
+                           cancel=tracking.cancel)
+        _comfy.log.info("AnyTalk Estimate Motion: %s (%s driving framing)", track.describe(), family)
+        spec = track.spec(size)
     else:
         mode = "auto" if crop.startswith("auto") else crop
         spec = crop_spec(first, crop_choice(mode, box), size, float(crop_scale), family=family, role="driving")

@@ -160,6 +160,15 @@ def test_a_frame_without_a_head_keeps_the_last_square(clip):
     assert torch.equal(empty.centers[0], empty.centers[-1])
 
 
+def test_cli_default_is_the_library_default():
+    from anytalk_app.cli import build_parser
+
+    from anytalk_core.stages import TRACK_EVERY
+
+    args = build_parser().parse_args(["animate", "--source", "s.png", "--checkpoint", "c", "--out", "o.mp4"])
+    assert args.track_every == TRACK_EVERY and args.driving_crop == "full"
+
+
 def test_tracking_inputs_are_checked():
     frames = torch.rand(3, 3, 32, 32)
     for bad in (0, 251, 2.5, True):
