@@ -8,7 +8,7 @@ from ..anytalk_core.crop import apply_crop
 from ..anytalk_core.engine import smooth_motion
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
-from ..anytalk_core.stages import TRACK_EVERY, crop_spec, cropped_frames, framing_family, track_head
+from ..anytalk_core.stages import TRACK_EVERY, crop_spec, cropped_frames, track_head
 from . import _comfy
 from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import (
@@ -21,7 +21,7 @@ from ._objects import (
     rgb_images,
     to_comfy_image,
 )
-from .source import crop_choice, crop_widgets
+from .source import crop_choice, crop_widgets, framing_of
 
 TRACKED_CROP = "auto (tracked)"
 DRIVING_CROPS = ["full", "auto (first frame)", TRACKED_CROP, "box"]
@@ -43,7 +43,7 @@ def estimate_motion(model, images: torch.Tensor, crop: str = "full", box: tuple[
     def frames():
         return (rgb_images(images[i:i + 1], "driving images").permute(0, 3, 1, 2) for i in range(n))
 
-    family = framing_family(model.model)
+    family = framing_of(model)
     if crop == TRACKED_CROP:
         tracking = _comfy.Progress(n)
         track = track_head(frames(), size, fps=float(fps), family=family, total=n, progress=tracking.update,

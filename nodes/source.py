@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from ..anytalk_core.crop import apply_crop
 from ..anytalk_core.stages import crop_spec, framing_family
+from . import _comfy
 from ._objects import (
     CATEGORY,
     AnyTalkError,
@@ -71,13 +72,18 @@ def load_source(image: torch.Tensor, crop: str = "auto", box: tuple[int, int, in
     spec = crop_spec(original, crop_choice(crop, box), int(size), float(crop_scale), family=family)
     preview = apply_crop(original, spec)
     key = json.dumps({"matrix": spec.matrix.tolist(), "hw": list(spec.original_hw)})
-    return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key))
+    return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key),
+                       framing=family if crop == "auto" else None)
 
 
 def source_keypoints(model, source: SourceImage) -> Keypoints:
     """The portrait's keypoints for this model (its cached once-per-portrait work)."""
     if not isinstance(source, SourceImage):
         raise AnyTalkError(f"expected an ANYTALK_SOURCE from AnyTalk Load Source, got {type(source).__name__}")
+    if source.framing is not None and source.framing != framing_of(model):
+        _comfy.log.warning("AnyTalk: the source was cropped with %s framing but %s was trained on %s framing: "
+                           "connect the model to AnyTalk Load Source's model input", source.framing,
+                           model.name, framing_of(model))
     return Keypoints(model=model, source_fingerprint=source.fingerprint, state=source_state(model, source))
 
 

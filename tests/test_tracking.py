@@ -5,6 +5,7 @@ that drifts across 35 % of its width; the renderer's landmarks say where the fac
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -277,7 +278,7 @@ def run_node(pack, name, **inputs):
     return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
-def test_load_source_frames_by_the_connected_model(nodes):
+def test_load_source_frames_by_the_connected_model(nodes, caplog):
     pack, models = nodes
     image = portrait_image().permute(0, 2, 3, 1)
     sides = {name: run_node(pack, "AnyTalkLoadSource", image=image, crop="auto", size=64, model=model)[0].spec.box(0)[2]
@@ -285,9 +286,12 @@ def test_load_source_frames_by_the_connected_model(nodes):
     base = FRAMINGS["anytalk"]["source"].scale
     assert sides["lp"] / sides["none"] == pytest.approx(FRAMINGS["liveportrait"]["source"].scale / base, rel=1e-9)
     assert sides["fv"] / sides["none"] == pytest.approx(FRAMINGS["face_vid2vid"]["source"].scale / base, rel=1e-9)
-    # Load Source without a model keeps today's crop (ours), bit for bit
+    # Load Source without a model keeps today's crop (ours), bit for bit; a model of another framing says so
     plain, _ = run_node(pack, "AnyTalkLoadSource", image=image, crop="auto", size=64)
     assert torch.equal(plain.spec.matrix, crop_auto(image.permute(0, 3, 1, 2), 64).matrix)
+    with caplog.at_level(logging.WARNING, logger="anytalk"):
+        run_node(pack, "AnyTalkDetectKeypoints", model=models["lp"], source=plain)
+    assert "cropped with anytalk framing but tiny_lp.safetensors was trained on liveportrait framing" in caplog.text
 
 
 def test_estimate_motion_and_animate_track_the_driving_head(nodes, clip):
