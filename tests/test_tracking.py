@@ -181,6 +181,15 @@ def test_tracking_inputs_are_checked():
         track_head(iter([frames, torch.rand(1, 3, 40, 32)]), CROP)
     with pytest.raises(ValueError, match="driving crop"):
         crop_spec(frames[:1], "tracked", CROP)
+    from anytalk_core.pipeline import AnimateOptions
+
+    assert AnimateOptions(driving_crop="tracked", track_every=1).driving_crop == "tracked"
+    with pytest.raises(ValueError, match="^crop must be full, auto or X,Y,W,H"):
+        AnimateOptions(crop="tracked")  # a portrait is one picture: nothing to track
+    with pytest.raises(ValueError, match="driving crop must be full, auto, tracked or X,Y,W,H"):
+        AnimateOptions(driving_crop="follow")
+    with pytest.raises(ValueError, match="track every must be a whole number of frames from 1 to 250"):
+        AnimateOptions(driving_crop="tracked", track_every=0)
 
 
 # --------------------------------------------------------------------------------------------------
