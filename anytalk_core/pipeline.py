@@ -39,7 +39,7 @@ from .stages import (
     track_head,
     transfer_stage,
 )
-from .tracking import MAX_TRACK_EVERY
+from .tracking import check_track_every
 
 
 @dataclass
@@ -66,10 +66,7 @@ class AnimateOptions:
             raise ValueError(f"fps must be a number in (0, 240], got {self.fps!r}")
         parse_crop(self.crop)
         parse_crop(self.driving_crop, driving=True)
-        if isinstance(self.track_every, bool) or not (isinstance(self.track_every, int)
-                                                      and 1 <= self.track_every <= MAX_TRACK_EVERY):
-            raise ValueError(f"track every must be a whole number of frames from 1 to {MAX_TRACK_EVERY}, "
-                             f"got {self.track_every!r}")
+        check_track_every(self.track_every)
         if self.upscale is not None:
             if not (isinstance(self.upscale, int) and MIN_TILE <= self.upscale <= MAX_TILE):
                 raise ValueError(f"upscale must be a whole number of pixels in [{MIN_TILE}, {MAX_TILE}], "

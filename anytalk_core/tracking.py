@@ -30,7 +30,7 @@ from .detection import DETECTOR_NAMES, DetectionReport
 from .engine import EngineInterrupted
 from .smoothing import smooth, unwrap_degrees
 
-__all__ = ["TRACK_EVERY", "TRACK_SMOOTHING", "MAX_TRACK_EVERY", "Track", "track_head"]
+__all__ = ["TRACK_EVERY", "TRACK_SMOOTHING", "MAX_TRACK_EVERY", "Track", "check_track_every", "track_head"]
 
 #: Detect every this many frames by default (a head moves little in 0.2 s at 25 fps).
 TRACK_EVERY = 5
@@ -80,6 +80,13 @@ class Track:
         return text + "".join(f" ({n})" for n in sorted(notices))
 
 
+def check_track_every(every: int) -> int:
+    """``every`` (frames between detections) when it is a whole number from 1 to :data:`MAX_TRACK_EVERY`."""
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or not 1 <= every <= MAX_TRACK_EVERY:
+        raise ValueError(f"track every must be a whole number of frames from 1 to {MAX_TRACK_EVERY}, got {every!r}")
+    return int(every)
+
+
 def track_head(chunks: Iterable[torch.Tensor], size: int, every: int = TRACK_EVERY, fps: float = 25.0,
                smoothing: float = TRACK_SMOOTHING, family: str = "anytalk", backend: str = "auto",
                total: int | None = None, progress: Callable[[int, int], None] | None = None,
@@ -92,8 +99,7 @@ def track_head(chunks: Iterable[torch.Tensor], size: int, every: int = TRACK_EVE
     as :func:`~anytalk_core.crop.crop_auto`. ``progress(done, total)`` counts frames read; ``cancel()`` returning
     True stops with :class:`~anytalk_core.engine.EngineInterrupted`.
     """
-    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or not 1 <= every <= MAX_TRACK_EVERY:
-        raise ValueError(f"track every must be a whole number of frames from 1 to {MAX_TRACK_EVERY}, got {every!r}")
+    check_track_every(every)
     if not 0.0 <= float(smoothing) <= 1.0:
         raise ValueError(f"tracking smoothing must be between 0 and 1, got {smoothing!r}")
     keys: list[int] = []
