@@ -32,7 +32,8 @@ def _animate(args: argparse.Namespace) -> int:
         transfer=TransferOptions(mode="absolute" if args.absolute else "relative", pose_strength=args.pose_strength,
                                  expression_strength=args.expression_strength,
                                  translation_strength=args.translation_strength, adapt_scale=args.adapt_scale),
-        smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, paste_back=args.paste_back,
+        smoothing=args.smooth, crop=args.crop, driving_crop=args.driving_crop, track_every=args.track_every,
+        paste_back=args.paste_back,
         engine=EngineConfig(device=args.device, precision=args.precision, chunk_size=args.chunk),
         overwrite=args.overwrite, release_networks=True, fps=args.fps, upscale=args.upscale,
     )
@@ -75,7 +76,8 @@ def _say(line: str) -> None:
     print(f"anytalk: {line}", file=sys.stderr)
 
 
-_STAGE_LABELS = {"motion": "driving motion", "audio": "audio motion", "render": "rendering"}
+_STAGE_LABELS = {"tracking": "tracking the head", "motion": "driving motion", "audio": "audio motion",
+                 "render": "rendering"}
 
 
 class _StageBars:
@@ -165,7 +167,7 @@ examples:
   anytalk animate --source portrait.png --driving driving.mp4 \\
       --checkpoint vox.safetensors --out result.mp4
   anytalk animate --source photo.jpg --driving talk.webm --checkpoint pretrained_weights/liveportrait \\
-      --crop auto --driving-crop auto --paste-back --smooth 0.3 --out talk.mp4
+      --crop auto --driving-crop tracked --paste-back --smooth 0.3 --out talk.mp4
   anytalk animate --source cat.png --driving driving.mp4 --checkpoint lp_animal.safetensors \\
       --family liveportrait-animal --device cuda --precision fp16 --chunk 16 --out cat.gif
   anytalk animate --source portrait.png --audio speech.wav --checkpoint demo.safetensors --out talk.mp4"""
@@ -210,8 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiplies the head's movement across the picture: 0 keeps the head in place")
     a.add_argument("--smooth", type=finite, default=0.0, help="temporal smoothing of the motion, 0 (off) to 1")
     a.add_argument("--crop", default="full", help="source crop: full (the whole picture), auto (find the head; "
-                                                  "says which detector found it) or X,Y,W,H in pixels")
-    a.add_argument("--driving-crop", default="full", help="driving crop: full, auto or X,Y,W,H")
+                                                  "says which detector found it; framed as the checkpoint's "
+                                                  "family was trained) or X,Y,W,H in pixels")
+    a.add_argument("--driving-crop", default="full",
+                   help="driving crop: full, auto (the head's square in the first frame, kept for every frame), "
+                        "tracked (the head followed: detected every --track-every frames, smoothed in between) "
+                        "or X,Y,W,H")
+    a.add_argument("--track-every", type=positive_int, default=5, metavar="K",
+                   help="--driving-crop tracked: look for the head every K frames (1 = every frame)")
     a.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the full source")
     a.add_argument("--upscale", type=positive_int, default=None, metavar="PX",
                    help="write the frames enlarged to PX x PX for viewing (nearest-neighbour, like the demo's "

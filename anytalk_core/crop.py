@@ -25,6 +25,8 @@ __all__ = [
     "CropSpec",
     "crop_full",
     "framing_crop",
+    "square_crop",
+    "crop_squares",
     "crop_box",
     "crop_auto",
     "crop_auto_with_report",
@@ -154,6 +156,26 @@ def _square_matrix(
     # Rotation about the square's centre, then move that centre onto the crop's centre.
     m[:, :, 2] += (size - 1) / 2 - centers
     return m
+
+
+def square_crop(image_hw: tuple[int, int], centers: torch.Tensor, sides: torch.Tensor, size: int,
+                angles: torch.Tensor | float = 0.0) -> CropSpec:
+    """A crop per square: centres (B, 2) and sides (B,) in pixels, angles (B,) in degrees (kornia's: positive
+    turns the content counter-clockwise in the crop) -> spec of batch B. Inverse of :func:`crop_squares`."""
+    sides = torch.as_tensor(sides, dtype=torch.float64).reshape(-1)
+    if not (torch.isfinite(sides).all() and (sides > 0).all()):
+        raise ValueError("square sides must be positive and finite")
+    centers = torch.as_tensor(centers, dtype=torch.float64).reshape(-1, 2)
+    return CropSpec(_square_matrix(centers, sides, _check_size(size), angles), size, _check_hw(image_hw))
+
+
+def crop_squares(spec: CropSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The squares of a spec: centres (B, 2) and sides (B,) in pixels, angles (B,) in degrees (float64)."""
+    m = spec.matrix
+    k = torch.linalg.det(m[:, :, :2]).abs().sqrt()
+    middle = torch.tensor([(spec.size - 1) / 2, (spec.size - 1) / 2, 1.0], dtype=torch.float64)
+    centers = spec.inverse_matrix() @ middle
+    return centers, spec.size / k, torch.rad2deg(torch.atan2(m[:, 0, 1], m[:, 0, 0]))
 
 
 def framing_crop(

@@ -23,12 +23,24 @@ import torch
 from .checkpoints import load_deferred
 from .crop import CropSpec, paste_back
 from .demo import MAX_TILE, MIN_TILE, fit_square
-from .engine import Engine, EngineConfig, StageProgressFn
+from .engine import Engine, EngineConfig, StageProgressFn, stage_progress
 from .io_utils import check_can_write
 from .media import VIDEO_FORMATS, VideoWriter, iter_video_frames, load_image, probe_audio, probe_video, read_audio
 from .media._files import check_input_file, media_error, open_media
 from .models.base import TalkingHeadModel, TransferOptions
-from .stages import crop_spec, cropped_frames, driving_stage, render_stage, source_stage, transfer_stage
+from .stages import (
+    TRACK_EVERY,
+    TRACKED,
+    crop_spec,
+    cropped_frames,
+    driving_stage,
+    framing_family,
+    render_stage,
+    source_stage,
+    track_head,
+    transfer_stage,
+)
+from .tracking import check_track_every
 
 
 @dataclass
@@ -38,7 +50,8 @@ class AnimateOptions:
     transfer: TransferOptions = field(default_factory=TransferOptions)
     smoothing: float = 0.0
     crop: str = "full"  # full | auto | "x,y,w,h" (for the source)
-    driving_crop: str = "full"
+    driving_crop: str = "full"  # full | auto (first frame's square) | tracked (a square per frame) | "x,y,w,h"
+    track_every: int = TRACK_EVERY  # driving_crop tracked: frames between head detections
     paste_back: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
     overwrite: bool = False
@@ -53,7 +66,8 @@ class AnimateOptions:
         if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
             raise ValueError(f"fps must be a number in (0, 240], got {self.fps!r}")
         parse_crop(self.crop)
-        parse_crop(self.driving_crop)
+        parse_crop(self.driving_crop, driving=True)
+        check_track_every(self.track_every)
         if self.upscale is not None:
             if not (isinstance(self.upscale, int) and MIN_TILE <= self.upscale <= MAX_TILE):
                 raise ValueError(f"upscale must be a whole number of pixels in [{MIN_TILE}, {MAX_TILE}], "
@@ -63,9 +77,9 @@ class AnimateOptions:
                                  "has the source's size: use one or the other")
 
 
-def parse_crop(text: str) -> str | tuple[float, float, float, float]:
-    """'full', 'auto' or 'X,Y,W,H' (pixels) -> the mode or the box."""
-    if text in ("full", "auto"):
+def parse_crop(text: str, driving: bool = False) -> str | tuple[float, float, float, float]:
+    """'full', 'auto' or 'X,Y,W,H' (pixels) -> the mode or the box; ``driving`` crops may also be 'tracked'."""
+    if text in ("full", "auto") or (driving and text == TRACKED):
         return text
     parts = text.split(",")
     try:
@@ -73,7 +87,9 @@ def parse_crop(text: str) -> str | tuple[float, float, float, float]:
     except ValueError:
         box = ()
     if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"crop must be full, auto or X,Y,W,H with a positive width and height, got {text!r}")
+        modes = "full, auto, tracked" if driving else "full, auto"
+        raise ValueError(f"{'driving ' if driving else ''}crop must be {modes} or X,Y,W,H with a positive width and "
+                         f"height, got {text!r}")
     return box  # type: ignore[return-value]
 
 
@@ -141,14 +157,18 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     engine = Engine(model, options.engine)
     size = model.config.image_size
 
+    family = framing_family(model)
     portrait = source_stage(engine, load_image(source).permute(2, 0, 1).unsqueeze(0), parse_crop(options.crop))
     if say is not None and options.crop == "auto":
-        say(describe_auto_crop(portrait.spec, "source"))
+        say(describe_auto_crop(portrait.spec, "source", family))
     if options.release_networks:
         model.release_networks(model.source_only_modules)
 
     fps = info.fps if info is not None else float(options.fps)
-    frames = _driving_frames(driving, fps, options.driving_crop, size, say) if driving is not None else None
+    frames = None
+    if driving is not None:
+        frames = _driving_frames(driving, fps, options.driving_crop, size, say, family, options.track_every,
+                                 info.frame_count, progress)
     motion = driving_stage(engine, fps, frames=frames, total=info.frame_count if info is not None else None,
                            audio=sound, progress=progress)
     keypoints = transfer_stage(engine, portrait.state, motion, options.transfer, options.smoothing, fps)
@@ -171,20 +191,35 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     return out_path
 
 
-def _driving_frames(driving: str, fps: float, crop: str, size: int,
-                    say: Callable[[str], None] | None = None) -> Iterator[torch.Tensor]:
+def _driving_frames(driving: str, fps: float, crop: str, size: int, say: Callable[[str], None] | None = None,
+                    family: str = "anytalk", track_every: int = TRACK_EVERY, total: int | None = None,
+                    progress: StageProgressFn | None = None) -> Iterator[torch.Tensor]:
     """The driving video's frames cropped for the model, one at a time: (1, 3, size, size) in 0..1.
 
-    Frame by frame: a full-size float copy of one frame at most (the engine makes its own chunks)."""
-    frames = (frame for piece in iter_video_frames(driving, fps=fps) for frame in piece)
+    Frame by frame: a full-size float copy of one frame at most (the engine makes its own chunks). ``tracked``
+    reads the video twice: once for the head's squares (:func:`~.stages.track_head`), once to crop."""
+    def decoded() -> Iterator[torch.Tensor]:
+        return (frame for piece in iter_video_frames(driving, fps=fps) for frame in piece)
+
+    def as_input(frames: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        return (frame.permute(2, 0, 1).unsqueeze(0).float() / 255 for frame in frames)
+
+    if crop == TRACKED:
+        uint8 = (frame.permute(2, 0, 1).unsqueeze(0) for frame in decoded())  # the tracker converts what it reads
+        track = track_head(uint8, size, every=track_every, fps=fps, family=family, total=total,
+                           progress=stage_progress(progress, "tracking", total))
+        if say is not None:
+            say(f"crop tracked: the driving video: {track.describe()} ({family} driving framing)")
+        return cropped_frames(as_input(decoded()), track.spec(size))
+    frames = decoded()
     first = next(frames, None)
     if first is None:
         raise ValueError(f"{driving}: the video has no frames")
-    spec = crop_spec(first.permute(2, 0, 1).unsqueeze(0).float() / 255, parse_crop(crop), size)
+    spec = crop_spec(first.permute(2, 0, 1).unsqueeze(0).float() / 255, parse_crop(crop, driving=True), size,
+                     family=family, role="driving")
     if say is not None and crop == "auto":
-        say(describe_auto_crop(spec, "driving video (its first frame's box, kept for every frame)"))
-    full = (frame.permute(2, 0, 1).unsqueeze(0).float() / 255 for frame in itertools.chain([first], frames))
-    return cropped_frames(full, spec)
+        say(describe_auto_crop(spec, "driving video (its first frame's box, kept for every frame)", family))
+    return cropped_frames(as_input(itertools.chain([first], frames)), spec)
 
 
 def check_audio(path: str) -> None:
@@ -201,8 +236,9 @@ def check_audio(path: str) -> None:
         raise ValueError(f"no decodable audio in {p}")
 
 
-def describe_auto_crop(spec: CropSpec, what: str) -> str:
-    """One line for ``--crop auto``: which detector framed ``what`` (or that none found a head) and the crop."""
+def describe_auto_crop(spec: CropSpec, what: str, family: str | None = None) -> str:
+    """One line for ``--crop auto``: which detector framed ``what`` (or that none found a head) and the crop
+    (in ``family``'s framing, when given)."""
     side = spec.box(0)[2]
     h, w = spec.original_hw
     crop = f"a {side:.0f} x {side:.0f} px square of the {w} x {h} picture"
@@ -211,7 +247,8 @@ def describe_auto_crop(spec: CropSpec, what: str) -> str:
         notice = f" ({report.notice})" if report is not None and report.notice else ""
         return (f"crop auto: no head found in the {what}; using the centre square instead ({crop}){notice}; "
                 "give --crop X,Y,W,H to frame it yourself")
-    return f"crop auto: the {what} {report.describe()}; cropped to {crop}"
+    framing = f" ({family} framing)" if family is not None else ""
+    return f"crop auto: the {what} {report.describe()}; cropped to {crop}{framing}"
 
 
 def _output_size_note(source_hw: tuple[int, int], size: int, options: AnimateOptions) -> str:

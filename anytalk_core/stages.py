@@ -1,9 +1,12 @@
 """The typed stages every entry point runs: Source -> Driving -> Transfer -> Render -> (the caller's) Assemble.
 
-- **Source**: a crop mode -> :class:`~.crop.CropSpec` (:func:`crop_spec`, the one rule) and the model's cached
-  per-portrait work (:func:`source_stage` -> :class:`Source`).
+- **Source**: a crop mode -> :class:`~.crop.CropSpec` (:func:`crop_spec`, the one rule, framed the way the
+  model's checkpoint was trained: :func:`framing_family`) and the model's cached per-portrait work
+  (:func:`source_stage` -> :class:`Source`).
 - **Driving**: frames (any iterator of chunks), a ready motion, speech, or frames/motion plus speech ->
-  :class:`Driving` (motion + reference); :func:`mix_speech` is the one motion-mix rule.
+  :class:`Driving` (motion + reference); :func:`mix_speech` is the one motion-mix rule. Driving frames are
+  cropped by one square (:func:`crop_spec` with ``role="driving"`` on the first frame) or one per frame
+  (:func:`track_head`, the ``tracked`` mode), and :func:`cropped_frames` applies either.
 - **Transfer**: per-family options (:func:`transfer_options`, from ``type(model).transfer_options_type``) and
   driven keypoints through the engine (:func:`transfer_stage`).
 - **Render**: generated frames streamed chunk by chunk (:func:`render_stage`).
@@ -23,18 +26,44 @@ from .crop import CropSpec, apply_crop, crop_auto, crop_box, crop_full
 from .engine import CancelFn, Engine, StageProgressFn, smooth_motion, stage_progress
 from .models.base import SourceState, TalkingHeadModel, TransferOptions
 from .motion import Motion, mix
+from .tracking import TRACK_EVERY, Track, track_head
+
+__all__ = [
+    "TRACKED", "TRACK_EVERY", "Track", "track_head", "framing_family", "crop_spec", "Source", "source_stage",
+    "Driving", "cropped_frames", "mix_speech", "driving_stage", "transfer_options", "transfer_stage",
+    "render_stage", "aligned", "animate_clip",
+]
 
 Box = tuple[float, float, float, float]
+#: The driving crop mode that follows the head: a square per frame (:func:`track_head`), not one for the clip.
+TRACKED = "tracked"
 
 
 # --- Source ----------------------------------------------------------------------------------------
-def crop_spec(image: torch.Tensor, crop: str | Box, size: int, scale: float = 1.0) -> CropSpec:
-    """Crop of one image (1, 3, H, W): ``crop`` is "full", "auto" or a box (x, y, w, h) in pixels."""
+def framing_family(model: TalkingHeadModel) -> str:
+    """The framing ``model``'s checkpoint was trained with (a key of :data:`~.detection.FRAMINGS`): ``anytalk``
+    for checkpoints written by ``anytalk-train`` (trained on the synthetic renders' framing), else its family's:
+    ``liveportrait`` (human and animal) or ``face_vid2vid``."""
+    provenance = getattr(model, "provenance", None) or {}
+    if provenance.get("trainer") == "anytalk-train":
+        return "anytalk"
+    family = model.config.family
+    if family.startswith("liveportrait"):
+        return "liveportrait"
+    return "face_vid2vid" if family == "face_vid2vid" else "anytalk"
+
+
+def crop_spec(image: torch.Tensor, crop: str | Box, size: int, scale: float = 1.0, family: str = "anytalk",
+              role: str = "source") -> CropSpec:
+    """Crop of one image (1, 3, H, W): ``crop`` is "full", "auto" or a box (x, y, w, h) in pixels; "auto" frames
+    the face the way ``family`` (:func:`framing_family`) was trained for ``role`` ("source" or "driving")."""
     hw = tuple(image.shape[-2:])
     if crop == "full":
         return crop_full(hw, size)
     if crop == "auto":
-        return crop_auto(image, size)
+        return crop_auto(image, size, family=family, role=role)
+    if crop == TRACKED:
+        raise ValueError("crop 'tracked' follows a head through a video: it is a driving crop (track_head)")
     if isinstance(crop, str):
         raise ValueError(f"unknown crop mode {crop!r}; choose full, auto or a box (x, y, w, h)")
     return crop_box(hw, crop, size, scale=scale)
@@ -50,8 +79,9 @@ class Source:
 
 
 def source_stage(engine: Engine, original: torch.Tensor, crop: str | Box = "full", scale: float = 1.0) -> Source:
-    """Crop the portrait (1, 3, H, W) for the model and run its once-per-portrait work."""
-    spec = crop_spec(original, crop, engine.model.config.image_size, scale)
+    """Crop the portrait (1, 3, H, W) for the model (framed as its checkpoint was trained) and run its
+    once-per-portrait work."""
+    spec = crop_spec(original, crop, engine.model.config.image_size, scale, family=framing_family(engine.model))
     return Source(original, spec, engine.prepare_source(apply_crop(original, spec)))
 
 
@@ -65,9 +95,19 @@ class Driving:
 
 
 def cropped_frames(chunks: Iterable[torch.Tensor], spec: CropSpec | None) -> Iterator[torch.Tensor]:
-    """Driving chunks (n, 3, H, W) in 0..1 cropped for the model (``spec`` None: already the model's input)."""
+    """Driving chunks (n, 3, H, W) in 0..1 cropped for the model (``spec`` None: already the model's input).
+
+    A spec of batch 1 crops every frame alike; a longer one (:meth:`Track.spec`) holds one crop per frame."""
+    done = 0
     for piece in chunks:
-        yield piece if spec is None else apply_crop(piece, spec)
+        if spec is None or len(spec) == 1:
+            yield piece if spec is None else apply_crop(piece, spec)
+            continue
+        n = piece.shape[0]
+        if done + n > len(spec):
+            raise ValueError(f"{done + n} driving frames but crops for {len(spec)}: the clip changed between passes")
+        yield apply_crop(piece, spec.select(slice(done, done + n)))
+        done += n
 
 
 def mix_speech(motion: Motion, speech: Motion, rest: Motion) -> Driving:

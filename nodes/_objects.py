@@ -136,6 +136,7 @@ class SourceImage:
     spec: CropSpec
     crop: torch.Tensor
     fingerprint: str
+    framing: str | None = None  # crop auto: the family whose framing cut it (see anytalk_core.stages.framing_family)
 
     @property
     def size(self) -> int:

@@ -6,12 +6,12 @@ from ..anytalk_core.stages import Driving, mix_speech
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape, check_motion, motion_fps
 from .audio import audio_motion
 from .media import fit_audio, silence
-from .motion import estimate_motion
+from .motion import TRACKED_CROP, estimate_motion
 from .render import TRANSFER_MODES, paste_frames, render_frames, strength, transfer_keypoints, warp_plan
-from .source import load_source, source_keypoints
+from .source import framing_of, load_source, source_keypoints
 
 SOURCE_CROPS = ["auto", "full"]
-DRIVING_CROPS = ["full", "auto (first frame)"]
+DRIVING_CROPS = ["full", "auto (first frame)", TRACKED_CROP]
 
 
 class AnyTalkAnimate:
@@ -41,8 +41,10 @@ class AnyTalkAnimate:
                 "source_crop": (SOURCE_CROPS, {"default": "auto", "tooltip": "auto: find the head; full: the whole "
                                                                              "image."}),
                 "driving_crop": (DRIVING_CROPS, {"default": "full",
-                                                 "tooltip": "full: whole driving frames; auto: find the head in the "
-                                                            "first driving frame."}),
+                                                 "tooltip": "full: whole driving frames; auto (first frame): the "
+                                                            "head's square in the first driving frame, kept for "
+                                                            "every frame; auto (tracked): follow the head, a "
+                                                            "square per frame."}),
                 "mode": (TRANSFER_MODES, {"default": "relative",
                                           "tooltip": "relative: keep the portrait's pose and follow the driver's "
                                                      "movement; absolute: copy the driver's pose."}),
@@ -81,7 +83,7 @@ class AnyTalkAnimate:
         if driving_images is not None and driving_motion is not None:
             raise AnyTalkError("connect either driving_images or driving_motion, not both")
         check_image_shape(source_image, "source image", min_side=16)
-        source = load_source(source_image, crop=source_crop, size=model.image_size)
+        source = load_source(source_image, crop=source_crop, size=model.image_size, family=framing_of(model))
         keypoints = source_keypoints(model, source)
         driving = _driving(model, float(fps), driving_images, driving_crop, driving_motion, audio,
                            audio_drives_expression)

@@ -8,7 +8,7 @@ from ..anytalk_core.crop import apply_crop
 from ..anytalk_core.engine import smooth_motion
 from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
-from ..anytalk_core.stages import crop_spec, cropped_frames
+from ..anytalk_core.stages import TRACK_EVERY, crop_spec, cropped_frames, track_head
 from . import _comfy
 from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
 from ._objects import (
@@ -21,9 +21,14 @@ from ._objects import (
     rgb_images,
     to_comfy_image,
 )
-from .source import crop_choice, crop_widgets
+from .source import crop_choice, crop_widgets, framing_of
 
-DRIVING_CROPS = ["full", "auto (first frame)", "box"]
+TRACKED_CROP = "auto (tracked)"
+DRIVING_CROPS = ["full", "auto (first frame)", TRACKED_CROP, "box"]
+DRIVING_CROP_TOOLTIP = ("full: whole frames; auto (first frame): find the head in the first frame and use that "
+                        f"square for every frame; auto (tracked): follow the head (found every {TRACK_EVERY} frames, "
+                        "smoothed in between), a square per frame; box: the box below. auto frames the head the way "
+                        "the model's checkpoint was trained on driving videos.")
 MOTION_TOOLTIP = "An ANYTALK_MOTION: per-frame head pose (yaw, pitch, roll, translation) and expression."
 
 
@@ -33,15 +38,26 @@ def estimate_motion(model, images: torch.Tensor, crop: str = "full", box: tuple[
     n, h, w = check_image_shape(images, "driving images", min_side=16)
     size = model.image_size
     first = rgb_images(images[:1], "driving images").permute(0, 3, 1, 2)
-    mode = "auto" if crop.startswith("auto") else crop
-    spec = crop_spec(first, crop_choice(mode, box), size, float(crop_scale))
-    if mode == "full" and h == w == size:
-        spec = None  # frames already are the model's input
-    preview = first if spec is None else apply_crop(first, spec)
     images = images if images.dim() == 4 else images.unsqueeze(0)
-    frames = (rgb_images(images[i:i + 1], "driving images").permute(0, 3, 1, 2) for i in range(n))
+
+    def frames():
+        return (rgb_images(images[i:i + 1], "driving images").permute(0, 3, 1, 2) for i in range(n))
+
+    family = framing_of(model)
+    if crop == TRACKED_CROP:
+        tracking = _comfy.Progress(n)
+        track = track_head(frames(), size, fps=float(fps), family=family, total=n, progress=tracking.update,
+                           cancel=tracking.cancel)
+        _comfy.log.info("AnyTalk Estimate Motion: %s (%s driving framing)", track.describe(), family)
+        spec = track.spec(size)
+    else:
+        mode = "auto" if crop.startswith("auto") else crop
+        spec = crop_spec(first, crop_choice(mode, box), size, float(crop_scale), family=family, role="driving")
+        if mode == "full" and h == w == size:
+            spec = None  # frames already are the model's input
+    preview = first if spec is None else apply_crop(first, spec.select(0))
     progress = _comfy.Progress(n)
-    motion = model.engine().estimate_motion(cropped_frames(frames, spec), total=n, progress=progress.update,
+    motion = model.engine().estimate_motion(cropped_frames(frames(), spec), total=n, progress=progress.update,
                                             cancel=progress.cancel, fps=float(fps))
     _comfy.soft_empty_cache()
     return motion, preview
@@ -64,9 +80,7 @@ class AnyTalkEstimateMotion:
             "required": {
                 "model": ("ANYTALK_MODEL", {"tooltip": "From AnyTalk Load Model."}),
                 "images": ("IMAGE", {"tooltip": "The driving frames (a video as an IMAGE batch)."}),
-                "crop": (DRIVING_CROPS, {"default": "full",
-                                         "tooltip": "full: whole frames; auto: find the head in the first frame and "
-                                                    "use that square for every frame; box: the box below."}),
+                "crop": (DRIVING_CROPS, {"default": "full", "tooltip": DRIVING_CROP_TOOLTIP}),
                 **crop_widgets(),
                 "fps": ("FLOAT", {"default": 25.0, "min": 0.1, "max": 240.0, "step": 0.01,
                                   "tooltip": "Frame rate of the driving frames (connect Load Video's fps); stored "

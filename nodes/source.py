@@ -9,10 +9,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..anytalk_core.crop import apply_crop
-from ..anytalk_core.stages import crop_spec
+from ..anytalk_core.stages import crop_spec, framing_family
+from . import _comfy
 from ._objects import (
     CATEGORY,
     AnyTalkError,
+    AnyTalkModel,
     Keypoints,
     SourceImage,
     artist_errors,
@@ -47,25 +49,41 @@ def crop_choice(mode: str, box: tuple[int, int, int, int]) -> str | tuple[int, i
     return box if mode == "box" else mode
 
 
+def framing_of(model) -> str:
+    """The framing an ANYTALK_MODEL's checkpoint was trained with; ours (``anytalk``) without a model."""
+    if model is None:
+        return "anytalk"
+    if not isinstance(model, AnyTalkModel):
+        raise AnyTalkError(f"expected an ANYTALK_MODEL from AnyTalk Load Model, got {type(model).__name__}")
+    return framing_family(model.model)
+
+
 def load_source(image: torch.Tensor, crop: str = "auto", box: tuple[int, int, int, int] = (0, 0, 256, 256),
-                crop_scale: float = 1.0, size: int = 256, batch_index: int = 0) -> SourceImage:
-    """An IMAGE batch's portrait (B, H, W, C) cropped to a square of ``size``: the nodes' Source stage."""
+                crop_scale: float = 1.0, size: int = 256, batch_index: int = 0,
+                family: str = "anytalk") -> SourceImage:
+    """An IMAGE batch's portrait (B, H, W, C) cropped to a square of ``size``: the nodes' Source stage; crop
+    auto frames the head the way ``family`` was trained (:func:`framing_of`)."""
     b = check_image_shape(image, "source image", min_side=16)[0]
     if not 0 <= batch_index < b:
         raise AnyTalkError(f"batch_index {batch_index} is out of range: the source batch has {b} image(s) "
                            f"(0 to {b - 1})")
     rgb = rgb_images(image[batch_index:batch_index + 1], "source image")
     original = rgb.permute(0, 3, 1, 2).contiguous()
-    spec = crop_spec(original, crop_choice(crop, box), int(size), float(crop_scale))
+    spec = crop_spec(original, crop_choice(crop, box), int(size), float(crop_scale), family=family)
     preview = apply_crop(original, spec)
     key = json.dumps({"matrix": spec.matrix.tolist(), "hw": list(spec.original_hw)})
-    return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key))
+    return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key),
+                       framing=family if crop == "auto" else None)
 
 
 def source_keypoints(model, source: SourceImage) -> Keypoints:
     """The portrait's keypoints for this model (its cached once-per-portrait work)."""
     if not isinstance(source, SourceImage):
         raise AnyTalkError(f"expected an ANYTALK_SOURCE from AnyTalk Load Source, got {type(source).__name__}")
+    if source.framing is not None and source.framing != framing_of(model):
+        _comfy.log.warning("AnyTalk: the source was cropped with %s framing but %s was trained on %s framing: "
+                           "connect the model to AnyTalk Load Source's model input", source.framing,
+                           model.name, framing_of(model))
     return Keypoints(model=model, source_fingerprint=source.fingerprint, state=source_state(model, source))
 
 
@@ -94,13 +112,20 @@ class AnyTalkLoadSource:
                                             "at its own resolution, so this does not change the animation."}),
                 "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095, "step": 1,
                                         "tooltip": "Which image of a batch to use as the source."}),
-            }
+            },
+            "optional": {
+                "model": ("ANYTALK_MODEL", {"tooltip": "Optional: the model this portrait is for. crop auto then "
+                                                       "frames the head as its checkpoint was trained (LivePortrait: "
+                                                       "2.3 x the face, raised; face-vid2vid: 1.2 x the face box); "
+                                                       "without it, AnyTalk's own framing."}),
+            },
         }
 
     @artist_errors("AnyTalk Load Source")
     def load(self, image, crop="auto", box_x=0, box_y=0, box_width=256, box_height=256, crop_scale=1.0, size=256,
-             batch_index=0):
-        source = load_source(image, crop, (box_x, box_y, box_width, box_height), crop_scale, size, batch_index)
+             batch_index=0, model=None):
+        source = load_source(image, crop, (box_x, box_y, box_width, box_height), crop_scale, size, batch_index,
+                             framing_of(model))
         return (source, to_comfy_image(source.crop))
 
 
