@@ -3,6 +3,7 @@ through the split graph (the shipped paste-back workflow) and the all-in-one Ani
 ``anytalk animate --crop auto --paste-back`` command on the same files (issue 23's acceptance)."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -155,10 +156,13 @@ def test_cli_crop_auto_frames_the_head(cli_run, face_box, photo):
     check_pasted(frames, photo, spec, face_box)
 
 
-def test_split_graph_crops_like_the_stages_and_pastes_back_like_the_command(env, cli_run, photo, face_box):
+def test_split_graph_crops_like_the_stages_and_pastes_back_like_the_command(env, cli_run, photo, face_box, caplog):
     cli_spec, cli_frames = cli_run
     prompt, source_id, paste_id = split_graph(env)
-    result = env.fresh_executor().execute(prompt)
+    with caplog.at_level(logging.INFO, logger="anytalk"):
+        result = env.fresh_executor().execute(prompt)
+    # the node says which detector framed the photo, as the command does (ComfyUI shows the log in its console)
+    assert "AnyTalk crop auto: the source framed by the human face detector (dlib HOG): face box" in caplog.text
     spec = result.outputs[source_id][0].spec
     original = photo.permute(2, 0, 1).unsqueeze(0)
     library = stages.crop_spec(original, "auto", spec.size)
@@ -186,3 +190,14 @@ def test_animate_node_crops_and_pastes_back_like_the_command(env, cli_run, photo
     frames = result.outputs["4"][0]
     check_pasted(frames, photo, source.spec, face_box)
     assert torch.equal(frames, cli_frames)
+
+
+def test_crop_auto_warns_when_no_head_is_found(env, caplog):
+    flat = torch.full((1, 120, 160, 3), 0.5)
+    with caplog.at_level(logging.INFO, logger="anytalk"):
+        source, _ = pack.NODE_CLASS_MAPPINGS["AnyTalkLoadSource"]().load(flat, crop="auto", size=64)
+    (record,) = [r for r in caplog.records if "crop auto" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "no head found in the source; using the centre square (a 120 px square of the 160 x 120 picture)" in \
+        record.getMessage() and "crop = box" in record.getMessage()
+    assert square(source.spec)[:3] == pytest.approx((80.0, 60.0, 120.0))  # edges: the middle of the picture
