@@ -295,14 +295,7 @@ def save_location(prefix: str, width: int = 0, height: int = 0, temp: bool = Fal
     folder (``""``, ``"."``, ``".."``, ``".x"``: the load nodes never list those).
     """
     base = temp_dir() if temp else output_dir()
-    text = prefix.strip().replace("\\", "/")
-    check_path_text(text, "filename prefix")
-    for part in text.split("/"):
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_PREFIX_NAME_BYTES:
-            raise ValueError(f"filename prefix {shown(text)} has a name longer than {MAX_PREFIX_NAME_BYTES} bytes "
-                             "(a counter and the file type are added to it): shorten it")
-    if not _inside(_lexical(base), _lexical(_lexical(base) / text)):
-        raise ValueError(f"filename prefix {shown(text)} would save outside the output folder")
+    text = check_save_prefix(prefix, base)
     fp = folder_paths()
     if fp is not None:
         folder, name, _counter, subfolder, _prefix = fp.get_save_image_path(text, str(base), width, height)
@@ -312,12 +305,31 @@ def save_location(prefix: str, width: int = 0, height: int = 0, temp: bool = Fal
             text = text.rstrip("/")
         subfolder, _, name = text.rpartition("/")
         folder = _lexical(_lexical(base) / subfolder)
-    for part in [*subfolder.split("/"), name]:
-        if part.startswith(".") or not name:
-            raise ValueError(f"filename prefix {shown(prefix)} names a hidden file or folder (starting with '.') "
-                             "or no file name; load nodes never list those: use a name such as 'AnyTalk' or "
-                             "'videos/AnyTalk'")
+    _check_visible(prefix, [*subfolder.split("/"), name])
     return folder, name, subfolder
+
+
+def check_save_prefix(prefix: str, base: Path | None = None) -> str:
+    """A ``filename_prefix`` checked as text (no folder is made or read): one that leaves the output folder, is too
+    long or names a hidden file or folder raises a one-line ValueError; returns it with ``/`` separators."""
+    base = _lexical(output_dir() if base is None else base)
+    text = prefix.strip().replace("\\", "/")
+    check_path_text(text, "filename prefix")
+    for part in text.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PREFIX_NAME_BYTES:
+            raise ValueError(f"filename prefix {shown(text)} has a name longer than {MAX_PREFIX_NAME_BYTES} bytes "
+                             "(a counter and the file type are added to it): shorten it")
+    if not _inside(base, _lexical(base / text)):
+        raise ValueError(f"filename prefix {shown(text)} would save outside the output folder")
+    _check_visible(prefix, os.path.normpath(text).replace("\\", "/").split("/"))
+    return text
+
+
+def _check_visible(prefix: str, parts: list[str]) -> None:
+    if not parts[-1] or any(part.startswith(".") for part in parts):
+        raise ValueError(f"filename prefix {shown(prefix)} names a hidden file or folder (starting with '.') "
+                         "or no file name; load nodes never list those: use a name such as 'AnyTalk' or "
+                         "'videos/AnyTalk'")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,6 +56,18 @@ def validate_typed_path(path: str, kind: str) -> bool | str:
     return True
 
 
+def validate_save_prefix(filename_prefix) -> bool | str:
+    """VALIDATE_INPUTS of a saving node: a ``filename_prefix`` that would fail at the save is refused when the
+    prompt is queued, before any upstream node runs. A prefix fed by a link (not given here) is checked at the save."""
+    if not isinstance(filename_prefix, str):
+        return True
+    try:
+        _comfy.check_save_prefix(filename_prefix)
+    except ValueError as exc:
+        return str(exc)
+    return True
+
+
 def file_signature(path: Path) -> str:
     """Changes whenever the file (or any file in the folder) changes: for ComfyUI's IS_CHANGED."""
     if path.is_dir():

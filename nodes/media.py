@@ -17,7 +17,13 @@ from ..anytalk_core.media import (
 )
 from ..anytalk_core.media.audio import as_waveform
 from . import _comfy
-from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
+from ._files import (
+    TYPED_PATH_NOTE,
+    file_signature,
+    resolve_input_file,
+    validate_save_prefix,
+    validate_typed_path,
+)
 from ._objects import CATEGORY, AnyTalkError, artist_errors, check_image_shape
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
@@ -228,6 +234,10 @@ class AnyTalkAssembleVideo:
                                                "silence to the video's length."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return validate_save_prefix(filename_prefix)
 
     @artist_errors("AnyTalk Assemble Video")
     def assemble(self, images, fps=25.0, filename_prefix="AnyTalk", format="mp4", crf=0, save_output=True,

@@ -10,7 +10,13 @@ from ..anytalk_core.io_utils import unique_path
 from ..anytalk_core.motion import Motion, MotionFamilyError, mix, mix_expressions, retime
 from ..anytalk_core.stages import TRACK_EVERY, crop_spec, cropped_frames, track_head
 from . import _comfy
-from ._files import TYPED_PATH_NOTE, file_signature, resolve_input_file, validate_typed_path
+from ._files import (
+    TYPED_PATH_NOTE,
+    file_signature,
+    resolve_input_file,
+    validate_save_prefix,
+    validate_typed_path,
+)
 from ._objects import (
     CATEGORY,
     AnyTalkError,
@@ -278,6 +284,10 @@ class AnyTalkSaveMotion:
                                                           "number is appended."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        return validate_save_prefix(filename_prefix)
 
     @artist_errors("AnyTalk Save Motion")
     def save(self, motion, filename_prefix=f"{MOTION_SUBFOLDER}/performance"):

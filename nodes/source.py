@@ -70,10 +70,28 @@ def load_source(image: torch.Tensor, crop: str = "auto", box: tuple[int, int, in
     rgb = rgb_images(image[batch_index:batch_index + 1], "source image")
     original = rgb.permute(0, 3, 1, 2).contiguous()
     spec = crop_spec(original, crop_choice(crop, box), int(size), float(crop_scale), family=family)
+    if crop == "auto":
+        say_auto_crop(spec, "source")
     preview = apply_crop(original, spec)
     key = json.dumps({"matrix": spec.matrix.tolist(), "hw": list(spec.original_hw)})
     return SourceImage(original=original, spec=spec, crop=preview, fingerprint=fingerprint(original, extra=key),
                        framing=family if crop == "auto" else None)
+
+
+def say_auto_crop(spec, what: str) -> str:
+    """Log (and return) one line for crop auto: which detector framed ``what``, or a warning that none found a head."""
+    report = spec.reports[0] if spec.reports else None
+    h, w = spec.original_hw
+    square = f"a {spec.box(0)[2]:.0f} px square of the {w} x {h} picture"
+    if report is not None and report.detector != "center":
+        line = f"AnyTalk crop auto: the {what} {report.describe()}; cropped to {square}"
+        _comfy.log.info("%s", line)
+        return line
+    notice = f" ({report.notice})" if report is not None and report.notice else ""
+    line = (f"AnyTalk crop auto: no head found in the {what}; using the centre square ({square}){notice}; choose "
+            "crop = box to frame it yourself")
+    _comfy.log.warning("%s", line)
+    return line
 
 
 def source_keypoints(model, source: SourceImage) -> Keypoints:

@@ -288,6 +288,37 @@ def test_save_prefixes_that_would_hide_the_file_are_refused(env, monkeypatch, in
     assert sorted(p.name for p in (env.base / "output").rglob("*")) == before
 
 
+@pytest.mark.parametrize("node", ["AnyTalkSaveMotion", "AnyTalkAssembleVideo"])
+def test_bad_save_prefixes_are_refused_when_queued_before_any_node_runs(env, node):
+    # A prefix that can only fail at the save is refused by VALIDATE_INPUTS, with the save's own message, so an
+    # artist does not wait for a whole render to learn it; nothing is made or read in the output folder.
+    before = sorted(p.name for p in (env.base / "output").rglob("*"))
+    for prefix, message in (("../../x", "would save outside the output folder"), ("/tmp/x", "outside the output"),
+                            ("a/../../x", "outside the output"), (".hidden", "hidden file or folder"),
+                            ("clips/.x/take", "hidden file or folder"), ("", "hidden file or folder"),
+                            ("p" * 230, "longer than 200 bytes"), ("a\x00b", "NUL character")):
+        result = N[node].VALIDATE_INPUTS(filename_prefix=prefix)
+        assert isinstance(result, str) and message in result, (prefix, result)
+    for prefix in ("AnyTalk", "clips/take", "a/../b", "%year%/take", "~/take"):
+        assert N[node].VALIDATE_INPUTS(filename_prefix=prefix) is True, prefix
+    assert N[node].VALIDATE_INPUTS() is True  # a prefix fed by a link is checked at the save
+    assert sorted(p.name for p in (env.base / "output").rglob("*")) == before
+    video = {"class_type": "AnyTalkLoadVideo", "inputs": {**WIDGETS["AnyTalkLoadVideo"], "path": "",
+                                                          "video": "anytalk_driving.mp4"}}
+    save = ({"class_type": "AnyTalkAssembleVideo", "inputs": {"images": ["1", 0], "fps": 25.0, "format": "mp4",
+                                                              "crf": 0, "save_output": True}}
+            if node == "AnyTalkAssembleVideo" else
+            {"class_type": "AnyTalkSaveMotion", "inputs": {"motion": ["3", 0]}})
+    prompt = {"1": video, "2": save,
+              "3": {"class_type": "AnyTalkLoadMotion", "inputs": {"motion_file": "take.safetensors", "path": ""}}}
+    save["inputs"]["filename_prefix"] = "../escape"
+    executor = env.fresh_executor()
+    with pytest.raises(PromptError) as info:
+        executor.execute(prompt)
+    assert len(info.value.errors) == 1 and "would save outside the output folder" in info.value.errors[0]
+    assert executor.runs == {}  # refused before Load Video / Load Motion ran
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
