@@ -1030,7 +1030,8 @@ def make_env(base: Path, pack=None, frames: int = 12) -> Env:
     attach_tiny_audio2motion(pack, model)
     demo = base / "demo" / DEMO_CHECKPOINT.split("/", 1)[1]
     if not demo.exists():
-        ckpt.save_checkpoint(model, demo, provenance={"test": "random tiny model"})
+        # trained-by record as the real demo's, so auto crops frame it as they frame the bundled demo (our framing)
+        ckpt.save_checkpoint(model, demo, provenance={"trainer": "anytalk-train", "test": "random tiny model"})
     save_png(portrait(96, 96, seed=3), base / "input" / PORTRAIT)
     save_png(portrait(96, 80, seed=4, kind="animal", center=(52, 40), radius=24), base / "input" / CARTOON)
     save_png(portrait(120, 160, seed=5, center=(50, 105), radius=22), base / "input" / PHOTO)
