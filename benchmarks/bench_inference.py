@@ -34,6 +34,7 @@ from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
 from anytalk_core.stages import animate_clip  # noqa: E402
+from anytalk_training.trainer import cpu_bf16_support  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -110,7 +111,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=3, help="frames timed per path at full size")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="the bf16 engine row: auto = only where the CPU has amx_bf16 / avx512_bf16")
     args = parser.parse_args()
+    bf16_cpu = args.bf16 == "on" or (args.bf16 == "auto" and bool(cpu_bf16_support()))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, full size 256, random weights, fp32")
@@ -219,6 +223,10 @@ def main() -> None:
                                        ("engine fp32, no SPADE saving", "fp32", False, False),
                                        ("engine fp32, channels_last", "fp32", True, True),
                                        ("engine bf16", "bf16", True, False)):
+        if precision == "bf16" and not bf16_cpu:
+            print(f"({label}: skipped: this CPU has neither amx_bf16 nor avx512_bf16, so torch emulates bf16 many "
+                  "times slower than fp32; --bf16 on runs it anyway)")
+            continue
         seconds, frames = best_of(lambda: engine_path(precision, fast, cl))
         results[label] = (seconds, (frames - plain).abs().max().item())
     print(f"\nper-frame compute limit of the engine's work (motion + dense motion + generator): {limit * 1e3:.0f} ms"

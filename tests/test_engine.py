@@ -161,3 +161,23 @@ def test_non_finite_frames_stop_with_a_hint_and_oom_errors_point_to_the_readme(m
     hint = cli._with_hint(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert "--chunk" in hint and "README.md, Troubleshooting" in hint
     assert cli._with_hint(ValueError("plain problem")) == "plain problem"
+
+
+def test_spade_blocks_normalise_before_upsampling_at_inference_only():
+    """At inference a SPADE block given ``upsample`` normalises its input at its own size and upsamples the
+    result (instance normalisation commutes with nearest upsampling): the same numbers as the literal block on
+    the upsampled input, without the full-size input (peak memory); with gradients it is the literal block."""
+    import torch.nn.functional as F
+    from anytalk_core.models.blocks import SPADEResBlock
+
+    torch.manual_seed(0)
+    for fin, fout in ((16, 8), (8, 8)):  # a learned shortcut, then the identity shortcut
+        block = SPADEResBlock(fin, fout, label_nc=6, hidden=12).eval()
+        x, seg = torch.randn(2, fin, 8, 8), torch.rand(2, 6, 4, 4)
+        with torch.no_grad():
+            literal = block(F.interpolate(x, scale_factor=2), seg)
+            lazy = block(x, seg, upsample=2)
+        assert lazy.shape == (2, fout, 16, 16)
+        assert torch.allclose(lazy, literal, atol=1e-5), (lazy - literal).abs().max()
+        trained = block(x, seg, upsample=2)  # gradients on: the literal computation, bit for bit
+        assert torch.equal(trained.detach(), block(F.interpolate(x, scale_factor=2), seg).detach())

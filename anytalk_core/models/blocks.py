@@ -234,7 +234,8 @@ class SPADE(nn.Module):
     """Spatially-adaptive normalisation: instance norm modulated by a segmentation-like map.
 
     When ``x`` is an integer multiple of the map's size, the map's 3x3 convolution runs at the map's own
-    resolution (:func:`conv3x3_nearest_upsampled`), which equals convolving the nearest-upsampled map.
+    resolution (:func:`conv3x3_nearest_upsampled`), which equals convolving the nearest-upsampled map, and an
+    input to be upsampled is normalised before it is upsampled (inference).
     ``fast_upsampled_modulation = False`` restores the reference's literal computation.
     """
 
@@ -256,13 +257,21 @@ class SPADE(nn.Module):
                           inplace=not torch.is_grad_enabled())
         return self.mlp_shared(F.interpolate(segmap, size=(h, w), mode="nearest"))
 
-    def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
-        actv = self.modulation_features(x, segmap)
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        """``upsample``: normalise and modulate ``x`` nearest-upsampled by this factor."""
+        if upsample > 1 and (torch.is_grad_enabled() or not self.fast_upsampled_modulation):
+            x, upsample = F.interpolate(x, scale_factor=upsample), 1  # the literal computation
         if torch.is_grad_enabled():
+            actv = self.modulation_features(x, segmap)
             return F.instance_norm(x, eps=1e-5) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
         # Inference: the same arithmetic in place, gamma and beta computed a channel group at a time, so
-        # besides x and the modulation features only the output map is alive at full size.
+        # besides x and the modulation features only the output map is alive at full size. Instance
+        # normalisation commutes with nearest upsampling (the same mean and variance), so an upsampled
+        # input is normalised at its own size and only the result is upsampled: the full-size x never exists.
         out = F.instance_norm(x, eps=1e-5)
+        if upsample > 1:
+            out = F.interpolate(out, scale_factor=upsample)
+        actv = self.modulation_features(out, segmap)
         group = max(1, out.shape[1] // 4)
         for start in range(0, out.shape[1], group):
             sl = slice(start, start + group)
@@ -288,11 +297,17 @@ class SPADEResBlock(nn.Module):
             self.conv_s = SpectralNormConv2d(fin, fout, 1, bias=False)
             self.norm_s = SPADE(fin, label_nc, hidden)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        """x (B, fin, h, w) -> (B, fout, upsample h, upsample w): the block on x nearest-upsampled by ``upsample``
+        (at inference the upsampled x is never made: see :meth:`SPADE.forward`)."""
         inplace = not torch.is_grad_enabled()
-        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2, inplace=inplace))
+        if not inplace and upsample > 1:
+            x, upsample = F.interpolate(x, scale_factor=upsample), 1
+        shortcut = self.conv_s(self.norm_s(x, seg, upsample)) if self.learned_shortcut else None
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, upsample), 0.2, inplace=inplace))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2, inplace=inplace))
+        if shortcut is None:
+            shortcut = F.interpolate(x, scale_factor=upsample) if upsample > 1 else x
         return dx.add_(shortcut) if inplace else shortcut + dx
 
 

@@ -39,8 +39,8 @@ class SPADEDecoder(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B, ic, h, w) -> image (B, 3, 4h * upscale, 4w * upscale) in 0..1."""
         x = self.middle(feature)
-        x = self.up_0(F.interpolate(x, scale_factor=2), feature)
-        x = self.up_1(F.interpolate(x, scale_factor=2), feature)
+        x = self.up_0(x, feature, upsample=2)
+        x = self.up_1(x, feature, upsample=2)
         return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
 
 
