@@ -115,7 +115,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
         self.dtype = PRECISIONS[self.config.precision]
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()
         self.channels_last = self._default_channels_last() if self.config.channels_last is None else self.config.channels_last
         self.refresh_layout()
         self._decode = torch.compile(self.model.decode) if self.config.compile else self.model.decode

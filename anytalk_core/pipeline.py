@@ -236,17 +236,17 @@ def check_audio(path: str) -> None:
         raise ValueError(f"no decodable audio in {p}")
 
 
-def describe_auto_crop(spec: CropSpec, what: str, family: str | None = None) -> str:
-    """One line for ``--crop auto``: which detector framed ``what`` (or that none found a head) and the crop
-    (in ``family``'s framing, when given)."""
+def describe_auto_crop(spec: CropSpec, what: str, family: str | None = None,
+                       fix: str = "give --crop X,Y,W,H to frame it yourself") -> str:
+    """One line for an auto crop: which detector framed ``what`` (or that none found a head, and ``fix``) and
+    the crop (in ``family``'s framing, when given)."""
     side = spec.box(0)[2]
     h, w = spec.original_hw
     crop = f"a {side:.0f} x {side:.0f} px square of the {w} x {h} picture"
     report = spec.reports[0] if spec.reports else None
     if report is None or report.detector == "center":
         notice = f" ({report.notice})" if report is not None and report.notice else ""
-        return (f"crop auto: no head found in the {what}; using the centre square instead ({crop}){notice}; "
-                "give --crop X,Y,W,H to frame it yourself")
+        return f"crop auto: no head found in the {what}; using the centre square instead ({crop}){notice}; {fix}"
     framing = f" ({family} framing)" if family is not None else ""
     return f"crop auto: the {what} {report.describe()}; cropped to {crop}{framing}"
 

@@ -32,6 +32,7 @@ from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
 from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
+from anytalk_core.models.face_vid2vid.reader import released_modules  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
 from anytalk_core.stages import animate_clip  # noqa: E402
 from anytalk_training.trainer import cpu_bf16_support  # noqa: E402
@@ -79,15 +80,9 @@ def peak_rss_of(cmd: list[str]) -> float:
 
 
 def released_layout(model: nn.Module) -> dict:
-    """The model as face-vid2vid's released ``.pth.tar`` holds it: a state dict per network (the generator with
-    the appearance encoder and dense motion inside), the discriminator, and Adam's state for each network."""
-    names = {"appearance": "generator", "dense_motion": "generator", "generator": "generator",
-             "keypoints": "kp_detector", "motion": "he_estimator", "discriminator": "discriminator"}
-    out: dict = {name: {} for name in set(names.values())}
-    for key, value in model.state_dict().items():
-        head, _, rest = key.partition(".")
-        if head in names:
-            out[names[head]][("dense_motion_network." if head == "dense_motion" else "") + rest] = value
+    """The model as face-vid2vid's released ``.pth.tar`` holds it: a state dict per network, the discriminator,
+    and Adam's state for each network."""
+    out: dict = released_modules(model.state_dict())
     for name in list(out):
         params = [v for v in out[name].values() if v.is_floating_point()]
         out[f"optimizer_{name}"] = {"state": {i: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p),

@@ -8,8 +8,8 @@ Both the driving frames and the results are read by the independent synthetic an
 never the model's own motion estimator): per angle, Pearson r between the driver's and the result's change from
 the first frame and the gain (1 = the whole motion arrives, 0 = a still picture); for the mouth, r between the
 two mouths' activity. Ground truth renders give gains 1.0 / 1.0 / 0.87 and mouth r 0.98 (the annotator's own
-limits). Then how visibly the mouth opens on the still driver (``mouth_opening``): driven by the video and by
-its audio alone. tests/test_demo.py holds the shipped demo to this.
+limits). Then how visibly the mouth opens on the still driver (``mouth_opening``: the mean absolute difference of
+the result's mouth box between the most-open and most-closed jaw frames): driven by the video and by its audio alone. tests/test_demo.py holds the shipped demo to this.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from anytalk_eval.following import demo_following, demo_mouth_opening, format_following  # noqa: E402
+from anytalk_eval.following import demo_following, format_following  # noqa: E402
 
 
 def main() -> None:
@@ -31,11 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(format_following(*demo_following(args.checkpoint, args.source)))
-    opening = demo_mouth_opening(args.checkpoint, args.source)
-    print(f"\nmouth opening (still talking driver; mean |difference| of the result's mouth box between the most-open "
-          f"and most-closed jaw frames, 0..1): driven by the video {opening['video']:.4f}, "
-          f"by its audio alone {opening['audio']:.4f}")
+    print(format_following(*demo_following(args.checkpoint, args.source, audio=True)))
 
 
 if __name__ == "__main__":

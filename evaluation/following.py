@@ -154,25 +154,13 @@ def audio_mouth_following(model: torch.nn.Module, clips: int = 6, seconds: float
     return mouth_metrics(pairs)
 
 
-def demo_following(checkpoint=None, source=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def demo_following(checkpoint=None, source=None, audio: bool = False
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """The demo (``anytalk_app.demo``; bundled model and source unless named) on its two drivers: the bundled
-    clip for :func:`pose_following`, the same talking face held still for :func:`mouth_following`."""
-    from anytalk_app.demo import DEMO_CHECKPOINT, demo_file, demo_frames
-    from anytalk_core.checkpoints import load_model
-    from anytalk_core.demo import demo_driving
-
-    model = load_model(str(checkpoint or demo_file(DEMO_CHECKPOINT)))
-    driving, generated = demo_frames(model, source)
-    still, _, _ = demo_driving(driving.shape[-1], head_motion=False)
-    talking, result = demo_frames(model, source, still)
-    annotator = load_annotator()
-    return pose_following(driving, generated, annotator), mouth_following(talking, result, annotator)
-
-
-def demo_mouth_opening(checkpoint=None, source=None, fps: float = 25.0) -> dict[str, float]:
-    """How visibly the demo's result opens its mouth (:func:`mouth_opening`) on the bundled talking face held
-    still: ``{"video"}`` driven by its frames, ``{"audio"}`` by its speech alone (``pose_strength`` 0; NaN when
-    the checkpoint has no audio-to-motion part)."""
+    clip for :func:`pose_following`, the same talking face held still for :func:`mouth_following` (``"r"``)
+    and :func:`mouth_opening` (``"opening"``); with ``audio``, also the mouth opening when the portrait is
+    driven by that face's speech alone (``"audio_opening"``, ``pose_strength`` 0; NaN without an
+    audio-to-motion part)."""
     from anytalk_app.demo import DEMO_CHECKPOINT, demo_file, demo_frames
     from anytalk_core.checkpoints import load_model
     from anytalk_core.demo import DEMO_SOURCE, demo_driving, fit_square
@@ -180,17 +168,20 @@ def demo_mouth_opening(checkpoint=None, source=None, fps: float = 25.0) -> dict[
     from anytalk_core.media import load_image
 
     model = load_model(str(checkpoint or demo_file(DEMO_CHECKPOINT)))
-    size = int(model.config.image_size)
-    still, jaw, speech = demo_driving(size, fps=fps, head_motion=False)
+    driving, generated = demo_frames(model, source)
+    still, jaw, speech = demo_driving(driving.shape[-1], head_motion=False)
+    talking, result = demo_frames(model, source, still)
     annotator = load_annotator()
-    _, result = demo_frames(model, source, still, fps=fps)
-    opening = {"video": mouth_opening(result, jaw, annotator), "audio": float("nan")}
-    if model.has_audio2motion:
-        engine = Engine(model, EngineConfig(device="cpu"))
-        image = load_image(source or demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
-        state = engine.prepare_source(fit_square(image, size))
-        opening["audio"] = mouth_opening(audio_driven_frames(engine, state, speech, fps, jaw.shape[0]), jaw, annotator)
-    return opening
+    mouth = {**mouth_following(talking, result, annotator), "opening": mouth_opening(result, jaw, annotator)}
+    if audio:
+        mouth["audio_opening"] = float("nan")
+        if model.has_audio2motion:
+            engine = Engine(model, EngineConfig(device="cpu"))
+            image = load_image(source or demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
+            state = engine.prepare_source(fit_square(image, driving.shape[-1]))
+            frames = audio_driven_frames(engine, state, speech, 25.0, jaw.shape[0])
+            mouth["audio_opening"] = mouth_opening(frames, jaw, annotator)
+    return pose_following(driving, generated, annotator), mouth
 
 
 def format_following(pose: dict[str, dict[str, float]], mouth: dict[str, float] | None = None) -> str:
@@ -200,4 +191,7 @@ def format_following(pose: dict[str, dict[str, float]], mouth: dict[str, float] 
         lines.append(f"| {name} | {s['r']:.3f} | {s['gain']:.2f} | {s['driver_range']:.1f} deg |")
     if mouth is not None:
         lines.append(f"| mouth (still head) | {mouth['r']:.3f} | | |")
+        for key, label in (("opening", "driven by the video"), ("audio_opening", "driven by its speech alone")):
+            if key in mouth:
+                lines.append(f"| mouth opening, {label} (0..1) | {mouth[key]:.4f} | | |")
     return "\n".join(lines)

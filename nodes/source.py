@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..anytalk_core.crop import apply_crop
+from ..anytalk_core.pipeline import describe_auto_crop
 from ..anytalk_core.stages import crop_spec, framing_family
 from . import _comfy
 from ._objects import (
@@ -79,18 +80,10 @@ def load_source(image: torch.Tensor, crop: str = "auto", box: tuple[int, int, in
 
 
 def say_auto_crop(spec, what: str) -> str:
-    """Log (and return) one line for crop auto: which detector framed ``what``, or a warning that none found a head."""
-    report = spec.reports[0] if spec.reports else None
-    h, w = spec.original_hw
-    square = f"a {spec.box(0)[2]:.0f} px square of the {w} x {h} picture"
-    if report is not None and report.detector != "center":
-        line = f"AnyTalk crop auto: the {what} {report.describe()}; cropped to {square}"
-        _comfy.log.info("%s", line)
-        return line
-    notice = f" ({report.notice})" if report is not None and report.notice else ""
-    line = (f"AnyTalk crop auto: no head found in the {what}; using the centre square ({square}){notice}; choose "
-            "crop = box to frame it yourself")
-    _comfy.log.warning("%s", line)
+    """Log (and return) the command's line for crop auto: info when a detector framed ``what``, else a warning."""
+    found = bool(spec.reports) and spec.reports[0].detector != "center"
+    line = "AnyTalk " + describe_auto_crop(spec, what, fix="choose crop = box to frame it yourself")
+    (_comfy.log.info if found else _comfy.log.warning)("%s", line)
     return line
 
 

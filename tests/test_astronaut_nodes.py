@@ -198,6 +198,6 @@ def test_crop_auto_warns_when_no_head_is_found(env, caplog):
         source, _ = pack.NODE_CLASS_MAPPINGS["AnyTalkLoadSource"]().load(flat, crop="auto", size=64)
     (record,) = [r for r in caplog.records if "crop auto" in r.getMessage()]
     assert record.levelno == logging.WARNING
-    assert "no head found in the source; using the centre square (a 120 px square of the 160 x 120 picture)" in \
-        record.getMessage() and "crop = box" in record.getMessage()
+    assert "no head found in the source; using the centre square instead (a 120 x 120 px square of the 160 x 120 " \
+        "picture)" in record.getMessage() and "crop = box" in record.getMessage()
     assert square(source.spec)[:3] == pytest.approx((80.0, 60.0, 120.0))  # edges: the middle of the picture

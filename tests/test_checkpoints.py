@@ -15,6 +15,7 @@ from anytalk_core.checkpoints import CheckpointError
 from anytalk_app.cli import main as cli_main
 from anytalk_core.models.base import TransferOptions
 from anytalk_core.models.config import ModelConfig, tiny_config
+from anytalk_core.models.face_vid2vid.reader import released_modules
 from anytalk_core.models.registry import build_model
 from anytalk_core.engine import Engine, EngineConfig
 from anytalk_core.stages import animate_clip
@@ -32,19 +33,8 @@ def tiny_model():
 
 
 def released_layout(model) -> dict:
-    """Split our state dict back into the face-vid2vid .pth.tar layout."""
-    out = {"generator": {}, "kp_detector": {}, "he_estimator": {}, "discriminator": {}}
-    for key, value in model.state_dict().items():
-        head, _, rest = key.partition(".")
-        if head == "appearance":
-            out["generator"][rest] = value
-        elif head == "dense_motion":
-            out["generator"]["dense_motion_network." + rest] = value
-        elif head == "generator":
-            out["generator"][rest] = value
-        else:
-            out[{"keypoints": "kp_detector", "motion": "he_estimator", "discriminator": "discriminator"}[head]][rest] = value
-    return out
+    """Our state dict split back into the face-vid2vid .pth.tar layout."""
+    return released_modules(model.state_dict())
 
 
 def frames(n: int = 2, size: int = 64) -> torch.Tensor:

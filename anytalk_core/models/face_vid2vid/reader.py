@@ -30,6 +30,19 @@ def map_face_vid2vid(modules: dict[str, StateDict]) -> StateDict:
     return out
 
 
+def released_modules(state: StateDict) -> dict[str, StateDict]:
+    """Our flat keys -> face-vid2vid's state dicts {generator, kp_detector, he_estimator, discriminator}: the
+    inverse of :func:`map_face_vid2vid` (the released ``.pth.tar`` layout, for tests and benchmarks)."""
+    names = {"appearance": "generator", "dense_motion": "generator", "generator": "generator",
+             "keypoints": "kp_detector", "motion": "he_estimator", "discriminator": "discriminator"}
+    out: dict[str, StateDict] = {name: {} for name in ("generator", "kp_detector", "he_estimator", "discriminator")}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in names:
+            out[names[head]][("dense_motion_network." if head == "dense_motion" else "") + rest] = value
+    return out
+
+
 def _strip_module_prefix(state: dict) -> dict:
     """Remove a DataParallel ``module.`` prefix when every key has it."""
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
