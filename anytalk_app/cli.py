@@ -66,6 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
                           progress=bars.update)
     finally:
         bars.close()
+    _say(result.precision)
     print(f"wrote {result.video} ({result.frames} frames at {result.fps:g} fps: driving | source | result)")
     print(f"wrote {result.contact_sheet} (top: driving frames, bottom: the animated source)")
     return 0
@@ -127,12 +128,19 @@ examples:
 
 _DEMO_DESCRIPTION = """\
 Animate the bundled cartoon-animal portrait with the bundled synthetic human clip using
-the bundled demo model (64 px, trained on CPU on synthetic heads in three stages:
-'anytalk-train training/configs/demo.toml', then demo_stage2.toml, then demo_stage3.toml).
-Writes anytalk_demo_NNNNN.mp4 (driving | source | result, with the clip's audio) and a
-contact sheet PNG into OUT_DIR; nothing is overwritten. --checkpoint/--source/--driving
-replace the bundled files. With the 64 px demo model the head turns and nods visibly;
-the mouth's motion is faint."""
+the bundled demo model (128 px, trained on synthetic heads: 64 px stages from
+training/configs/demo.toml, demo_stage2.toml and demo_stage3.toml, then demo128.toml;
+assets/demo/README.md gives the commands). Writes anytalk_demo_NNNNN.mp4 (driving | source |
+result, with the clip's audio) and a contact sheet PNG into OUT_DIR; nothing is overwritten.
+--checkpoint/--source/--driving replace the bundled files. The head turns, nods and tilts
+with the driver; the mouth opens only faintly."""
+
+# The engine's choices (anytalk_core.engine.PRECISION_CHOICES), spelled out so that --help needs no torch.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+_PRECISION_HELP = ("number format of the networks. auto (default): bf16 on a CPU with bf16 instructions "
+                   "(amx_bf16 / avx512_bf16: about twice as fast, frames within a grey level of fp32's), fp32 "
+                   "elsewhere; the run says which. fp32 everywhere; bf16 or fp16 on a GPU for speed and memory "
+                   "(fp16 may give black frames: then use bf16)")
 
 _DEMO_EPILOG = """\
 examples:
@@ -225,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the frames enlarged to PX x PX for viewing (nearest-neighbour, like the demo's "
                         "--tile): an upscale of the model's frames, it adds no detail; default: the model's size")
     a.add_argument("--chunk", type=positive_int, default=8, help="frames per chunk (bounds memory)")
-    a.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="number format of the networks: fp32 everywhere; bf16 or fp16 on a GPU for speed and "
-                        "memory (fp16 may give black frames: then use bf16)")
+    a.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=_PRECISION_HELP)
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -243,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=("mp4", "webm", "gif"), default="mp4", help="video format")
     d.add_argument("--tile", type=positive_int, default=256,
                    help="pixel size of each panel of the video (the model's frames enlarged: no added detail)")
-    d.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="number format of the networks (bf16/fp16 on a GPU)")
+    d.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=_PRECISION_HELP)
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)

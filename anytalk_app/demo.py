@@ -33,6 +33,7 @@ class DemoResult:
     contact_sheet: Path
     frames: int
     fps: float
+    precision: str = ""  # which precision ran, and why (Engine.describe_precision)
 
 
 def demo_file(name: str) -> Path:
@@ -141,7 +142,7 @@ def run_demo(out_dir: str | Path = ".", checkpoint: str | Path | None = None, so
                                                 render_stage(engine, state, keypoints, progress=progress))
     sheet = contact_sheet(torch.cat(driving_all), torch.cat(generated_all), fit_square(source_image, size))
     save_image(sheet, sheet_path)
-    return DemoResult(video_path, sheet_path, len(keypoints), info.fps)
+    return DemoResult(video_path, sheet_path, len(keypoints), info.fps, engine.describe_precision())
 
 
 def _demo_assemble(video_path: Path, fps: float, audio: dict | None, source_image: torch.Tensor, size: int, tile: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,7 @@ from .models.base import SourceState, TalkingHeadModel, TransferOptions
 from .motion import Motion
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: see resolve_precision
 
 AUDIO_CHUNK = 128  # video frames per audio-to-motion pass (a few hundred tokens: memory is tiny at any length)
 
@@ -49,8 +51,8 @@ class EngineConfig:
     batch_frames: bool | None = None  # decode a chunk as one batch (GPU) or frame by frame (CPU default)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
             raise ValueError(f"chunk size must be a whole number >= 1, got {self.chunk_size!r}")
 
@@ -70,6 +72,35 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 instruction sets this CPU has (``amx_bf16``, ``avx512_bf16`` from /proc/cpuinfo's flags), [] when
+    none or unknown. Without them torch emulates bf16 on the CPU, slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[-1].split())
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
+def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
+    """The precision a run uses and why: ``name`` itself, or for ``auto`` bf16 on a CPU with bf16 instructions
+    (about twice fp32's speed, frames within ~45-60 dB of fp32's: benchmarks/bench_inference.py) and fp32 elsewhere
+    (GPUs included: fp16/bf16 there are a choice, README Performance)."""
+    if name != "auto":
+        return name, "asked for"
+    if device.type == "cpu":
+        flags = cpu_bf16_support()
+        if flags:
+            return "bf16", f"auto: this CPU has {flags[0]}"
+        return "fp32", "auto: this CPU has no bf16 instructions (amx_bf16 / avx512_bf16)"
+    return "fp32", f"auto on {device.type}"
 
 
 def rechunk(frames: torch.Tensor | Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -114,7 +145,8 @@ class Engine:
     def __init__(self, model: TalkingHeadModel, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
-        self.dtype = PRECISIONS[self.config.precision]
+        self.precision, self.precision_reason = resolve_precision(self.config.precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
         self.model = model.eval()
         self.channels_last = self._default_channels_last() if self.config.channels_last is None else self.config.channels_last
         self.refresh_layout()
@@ -122,6 +154,10 @@ class Engine:
         # On the CPU one frame already fills the GEMMs at full size, and frame-by-frame decoding makes the
         # output independent of the chunk size bit for bit; on GPUs batching pays.
         self.batch_frames = self.device.type != "cpu" if self.config.batch_frames is None else self.config.batch_frames
+
+    def describe_precision(self) -> str:
+        """One line for the user: which precision runs and why (``precision bf16 (auto: this CPU has avx512_bf16)``)."""
+        return f"precision {self.precision} ({self.precision_reason})"
 
     def refresh_layout(self) -> None:
         """Put the model's loaded networks on the engine's device and the generator in its memory layout (again
@@ -253,7 +289,7 @@ class Engine:
             prediction = out["prediction"].float()
             if not bool(torch.isfinite(prediction).all()):
                 raise NonFiniteOutputError(
-                    f"the generator produced NaN/inf pixels (precision {self.config.precision} on {self.device}); "
+                    f"the generator produced NaN/inf pixels (precision {self.precision} on {self.device}); "
                     "run with precision bf16 or fp32 (README.md, Troubleshooting: black frames in fp16)")
             frames.append(prediction.clamp_(0, 1).to("cpu"))
         return torch.cat(frames)

@@ -144,7 +144,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     With both, the head pose comes from the video and the expression from the audio (the audio's length is
     fitted to the video's frames); with the audio alone the output has ``options.fps`` frames per second.
     ``progress(stage, done, total)`` reports each stage in its frames (see :func:`.engine.stage_progress`);
-    ``say(line)`` gets what a user should know: how ``--crop auto`` framed the inputs, the output's size.
+    ``say(line)`` gets what a user should know: the precision that runs, how ``--crop auto`` framed the inputs,
+    the output's size.
     """
     from .audio_motion import require_audio2motion
 
@@ -155,6 +156,8 @@ def animate_file(model: TalkingHeadModel, source: str, driving: str | None, out:
     info = probe_video(driving) if driving is not None else None
     sound = read_audio(audio) if audio is not None else None
     engine = Engine(model, options.engine)
+    if say is not None:
+        say(engine.describe_precision())
     size = model.config.image_size
 
     family = framing_family(model)

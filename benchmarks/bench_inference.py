@@ -2,13 +2,18 @@
 
     python benchmarks/bench_inference.py [--threads 2] [--frames 3] [--skip-rss]
 
-Full size (256 px, the released face-vid2vid widths), random weights, fixed thread count. Prints:
+Full size (256 px, the released face-vid2vid widths), random weights with batch-norm statistics calibrated on random
+images (as trained networks have them: the uncalibrated unit statistics make activations grow layer by layer), fixed
+thread count. Prints:
 - per stage: ms/frame and multiply-accumulates (conv/linear layers, counted by hooks);
 - the machine's measured fp32 GEMM throughput and the compute limit per frame (2 x MACs / throughput);
 - the plain path (the reference demo's loop: per frame the frame's head pose, the keypoint transform, then
   the whole generator on the source image with the appearance volume recomputed, batch 1, the literal SPADE
   computation) against the engine in fp32 and bf16: ms/frame, ratio, fraction of the compute limit, and max
   abs difference; the effect of each saving measured alone;
+- bf16 against the engine's fp32: speed-up and PSNR of its frames against fp32's, with the dense-motion heads and
+  the image layer kept in fp32 (the engine's mixed precision) and with every layer in bf16, on the random
+  full-size weights and on the bundled demo model with its own source and clip;
 - peak RSS of the streaming CLI at full size from our .safetensors and from a .pth.tar in face-vid2vid's released
   layout (with the discriminator and optimizer states), and at tiny widths for 100 vs 2,000 frames.
 All ratios come from this one run.
@@ -16,6 +21,7 @@ All ratios come from this one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,15 +33,16 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from anytalk_core.checkpoints import save_checkpoint  # noqa: E402
-from anytalk_core.engine import Engine, EngineConfig  # noqa: E402
+from anytalk_core.checkpoints import load_model, save_checkpoint  # noqa: E402
+from anytalk_core.engine import Engine, EngineConfig, cpu_bf16_support  # noqa: E402
+from anytalk_core.models import dense_motion as dense_motion_module  # noqa: E402
+from anytalk_core.models import generator as generator_module  # noqa: E402
 from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.face_vid2vid.reader import released_modules  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
 from anytalk_core.stages import animate_clip  # noqa: E402
-from anytalk_training.trainer import cpu_bf16_support  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -79,6 +86,57 @@ def peak_rss_of(cmd: list[str]) -> float:
     return int(line.split()[1]) / 2 ** 20
 
 
+def calibrate_batch_norm(model: nn.Module, size: int, images: int = 2) -> None:
+    """Set every batch norm's running statistics to their average over the model's passes on random images."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average
+    model.train()
+    with torch.no_grad():
+        for _ in range(images):
+            state = model.prepare_source(torch.rand(1, 3, size, size))
+            kp = model.driven_keypoints(state, model.estimate_motion(torch.rand(1, 3, size, size)))
+            model.decode(state.volume, kp, state.keypoints)
+    model.eval()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of frames in 0..1."""
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp(min=1e-20)))
+
+
+class _EveryLayerBf16:
+    """Within: the engine's fp32 layers under bf16 (dense-motion heads, image layer) run in bf16 too."""
+
+    def __enter__(self):
+        self.saved = dense_motion_module.full_precision_under_bf16, generator_module.full_precision_under_bf16
+        for module in (dense_motion_module, generator_module):
+            module.full_precision_under_bf16 = lambda x: contextlib.nullcontext()
+
+    def __exit__(self, *exc):
+        dense_motion_module.full_precision_under_bf16, generator_module.full_precision_under_bf16 = self.saved
+
+
+def bf16_against_fp32(model: nn.Module, source: torch.Tensor, driving: torch.Tensor) -> list[tuple[str, float, float]]:
+    """(label, speed-up over the engine's fp32, PSNR against its frames) of the engine's bf16, mixed and all-bf16."""
+    def run(precision: str) -> tuple[float, torch.Tensor]:
+        engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4))
+        best, frames = float("inf"), None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            frames = torch.cat(list(animate_clip(engine, source, driving, TransferOptions(mode="absolute"))))
+            best = min(best, time.perf_counter() - t0)
+        return best, frames
+
+    t32, f32 = run("fp32")
+    t16, f16 = run("bf16")
+    with _EveryLayerBf16():
+        t16_all, f16_all = run("bf16")
+    return [("bf16 (engine: fp32 heads and image)", t32 / t16, psnr(f16, f32)),
+            ("bf16, every layer", t32 / t16_all, psnr(f16_all, f32))]
+
+
 def released_layout(model: nn.Module) -> dict:
     """The model as face-vid2vid's released ``.pth.tar`` holds it: a state dict per network, the discriminator,
     and Adam's state for each network."""
@@ -114,7 +172,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, full size 256, random weights, fp32")
 
-    model = build_model(ModelConfig()).eval()
+    model = build_model(ModelConfig())
+    calibrate_batch_norm(model, 256)
     source = torch.rand(1, 3, 256, 256)
     driving = torch.rand(args.frames, 3, 256, 256)
 
@@ -232,6 +291,23 @@ def main() -> None:
     print(f"{'plain (reference demo loop)':34s} {t_plain * 1e3:9.0f} {1.0:9.2f}x {plain_limit / t_plain:9.0%} {0.0:11.1e}")
     for label, (seconds, diff) in results.items():
         print(f"{label:34s} {seconds * 1e3:9.0f} {t_plain / seconds:9.2f}x {limit / seconds:9.0%} {diff:11.1e}")
+
+    if bf16_cpu:
+        from anytalk_app.demo import DEMO_CHECKPOINT, DEMO_DRIVING, DEMO_SOURCE, demo_file
+        from anytalk_core.media import load_image, read_video
+
+        demo = load_model(str(demo_file(DEMO_CHECKPOINT)))
+        size = demo.config.image_size
+        clip = read_video(demo_file(DEMO_DRIVING), max_frames=8, audio=False).frames.permute(0, 3, 1, 2)
+        demo_source = load_image(demo_file(DEMO_SOURCE)).permute(2, 0, 1).unsqueeze(0)
+        rows = [("full size, random weights", bf16_against_fp32(model, source, driving)),
+                (f"demo model ({size} px, its source and 8 clip frames)",
+                 bf16_against_fp32(demo, nn.functional.interpolate(demo_source, size=(size, size), mode="area"),
+                                   nn.functional.interpolate(clip.float() / 255, size=(size, size), mode="area")))]
+        print(f"\n{'bf16 against the engine fp32':50s} {'speed-up':>9s} {'PSNR dB':>8s}")
+        for where, results_bf16 in rows:
+            for label, speed_up, db in results_bf16:
+                print(f"{where + ': ' + label:50s} {speed_up:8.2f}x {db:8.1f}")
 
     if args.skip_rss:
         return

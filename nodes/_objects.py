@@ -116,6 +116,7 @@ class AnyTalkModel:
             config = EngineConfig(device=device, precision=self.precision, chunk_size=key[1])
             engine = Engine(self.model, config)
             self._engines[key] = engine
+            _comfy.log.info("AnyTalk: %s on %s: %s", self.name, engine.device, engine.describe_precision())
         # ComfyUI may have offloaded the model (or loaded it only partly) since the last run: all of it here
         self.model.to(engine.device)
         return engine

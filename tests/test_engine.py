@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anytalk_core.engine import Engine, EngineConfig, EngineInterrupted, smooth_motion
+from anytalk_core import engine as engine_module
+from anytalk_core.engine import Engine, EngineConfig, EngineInterrupted, resolve_precision, smooth_motion
 from anytalk_core.models.blocks import SPADE
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
@@ -67,6 +68,40 @@ def test_reduced_precision_agrees_with_fp32(model, clip, precision, max_tol, mea
     err = (got - reference[:3]).abs()
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert err.max() <= max_tol and err.mean() <= mean_tol
+
+
+def test_bf16_keeps_the_dense_motion_heads_and_the_image_in_fp32(model, clip):
+    """Under bf16 autocast the sampling grid's weights (mask), the deformation, the occlusion and the image are fp32,
+    while the bulk of the networks runs in bf16; under fp16 and fp32 nothing changes."""
+    source, driving = clip
+    with torch.no_grad():
+        state = model.prepare_source(source)
+        kp = model.driven_keypoints(state, model.estimate_motion(driving[:1]))
+        seen = {}
+        hook = model.dense_motion.hourglass.register_forward_hook(lambda m, i, o: seen.update(hourglass=o.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.decode(state.volume, kp, state.keypoints)
+        hook.remove()
+    assert seen["hourglass"] == torch.bfloat16
+    assert {name: out[name].dtype for name in ("mask", "deformation", "occlusion_map", "prediction")} == \
+        dict.fromkeys(("mask", "deformation", "occlusion_map", "prediction"), torch.float32)
+    # the image layer's fp32 pass spares bf16's ~1/256 steps near white: no grey-level quantisation of the output
+    reference = run(model, (source, driving[:3]))
+    got = run(model, (source, driving[:3]), precision="bf16")
+    assert float(10 * torch.log10(1 / ((got - reference) ** 2).mean())) >= 40
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions(model, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine_module, "cpu_bf16_support", lambda: ["avx512_bf16"])
+    assert resolve_precision("auto", cpu) == ("bf16", "auto: this CPU has avx512_bf16")
+    assert Engine(model, EngineConfig(device="cpu", precision="auto")).dtype == torch.bfloat16
+    assert resolve_precision("fp32", cpu) == ("fp32", "asked for")
+    assert resolve_precision("auto", torch.device("cuda")) == ("fp32", "auto on cuda")
+    monkeypatch.setattr(engine_module, "cpu_bf16_support", lambda: [])
+    engine = Engine(model, EngineConfig(device="cpu", precision="auto"))
+    assert engine.dtype == torch.float32
+    assert engine.describe_precision() == "precision fp32 (auto: this CPU has no bf16 instructions (amx_bf16 / avx512_bf16))"
 
 
 def test_progress_counts_output_frames_and_cancel_stops(model, clip):

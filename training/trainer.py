@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from anytalk_core.checkpoints import CheckpointError, save_checkpoint
+from anytalk_core.engine import cpu_bf16_support
 from anytalk_core.models.registry import build_model
 
 from . import losses as L
@@ -61,21 +62,6 @@ def init_distributed(run: RunSettings) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(rank, world, local, device)
-
-
-def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
-    """The bf16 instruction sets this CPU has (``amx_bf16``, ``avx512_bf16`` from /proc/cpuinfo's flags), [] when
-    none or unknown. Without them torch emulates bf16 on the CPU, slower than fp32."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return []
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[-1].split())
-    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 

@@ -5,11 +5,24 @@ third-party weights load by prefix rewriting alone.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def full_precision_under_bf16(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off inside, where it is on with bfloat16 for ``x``'s device: for the few layers whose outputs bf16's
+    8-bit mantissa visibly spoils (sampling-grid weights, the output image). Elsewhere, and under fp16, a no-op.
+
+    Inside, layers run in their weights' dtype: give them ``x.to(weight.dtype)``.
+    """
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        return torch.autocast(device_type=device, enabled=False)
+    return contextlib.nullcontext()
 
 
 class SameBlock2d(nn.Module):

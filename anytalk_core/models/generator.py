@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..geometry import warp_volume
-from .blocks import SameBlock2d, SPADEResBlock
+from .blocks import SameBlock2d, SPADEResBlock, full_precision_under_bf16
 from .config import GeneratorConfig
 
 
@@ -41,7 +41,9 @@ class SPADEDecoder(nn.Module):
         x = self.middle(feature)
         x = self.up_0(x, feature, upsample=2)
         x = self.up_1(x, feature, upsample=2)
-        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
+        with full_precision_under_bf16(x):  # bf16's steps near 1 are a grey level: the image itself stays fp32
+            x = F.leaky_relu(x, 0.2).to(next(self.conv_img.parameters()).dtype)
+            return torch.sigmoid(self.conv_img(x))
 
 
 class Generator(nn.Module):
