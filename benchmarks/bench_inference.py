@@ -304,10 +304,10 @@ def main() -> None:
                 (f"demo model ({size} px, its source and 8 clip frames)",
                  bf16_against_fp32(demo, nn.functional.interpolate(demo_source, size=(size, size), mode="area"),
                                    nn.functional.interpolate(clip.float() / 255, size=(size, size), mode="area")))]
-        print(f"\n{'bf16 against the engine fp32':50s} {'speed-up':>9s} {'PSNR dB':>8s}")
+        print(f"\n{'bf16 against the engine fp32':88s} {'speed-up':>9s} {'PSNR dB':>8s}")
         for where, results_bf16 in rows:
             for label, speed_up, db in results_bf16:
-                print(f"{where + ': ' + label:50s} {speed_up:8.2f}x {db:8.1f}")
+                print(f"{where + ': ' + label:88s} {speed_up:8.2f}x {db:8.1f}")
 
     if args.skip_rss:
         return
@@ -325,15 +325,20 @@ def main() -> None:
         tiny_ckpt = os.path.join(tmp, "tiny.safetensors")
         save_checkpoint(build_model(tiny_config(with_discriminator=False)), tiny_ckpt)
 
-        def cli(ckpt: str, clip: str, out: str, chunk: int = 4) -> list[str]:
+        def cli(ckpt: str, clip: str, out: str, chunk: int = 4, precision: str = "fp32") -> list[str]:
             return ["animate", "--source", os.path.join(tmp, "source.png"), "--driving", clip, "--checkpoint", ckpt,
-                    "--out", os.path.join(tmp, out), "--quiet", "--device", "cpu", "--chunk", str(chunk)]
+                    "--out", os.path.join(tmp, out), "--quiet", "--device", "cpu", "--chunk", str(chunk),
+                    "--precision", precision]
 
         full_clip = make_clip(tmp, "full.mp4", 4, 256)
         print("\npeak RSS of `anytalk animate` at full size (256 px, 4 frames, default chunk):")
-        for label, ckpt in ((".safetensors (ours)", full_ckpt), (".pth.tar (released layout)", released_ckpt)):
-            rss = peak_rss_of(cli(ckpt, full_clip, f"out_{os.path.basename(ckpt)}.mp4", chunk=8))
-            print(f"  {label:28s} {rss:.3f} GiB (file {os.path.getsize(ckpt) / 2 ** 30:.2f} GiB)")
+        runs = [("fp32", ".safetensors (ours)", full_ckpt), ("fp32", ".pth.tar (released layout)", released_ckpt)]
+        if bf16_cpu:
+            runs.append(("bf16", ".safetensors (ours)", full_ckpt))
+        for precision, label, ckpt in runs:
+            rss = peak_rss_of(cli(ckpt, full_clip, f"out_{precision}_{os.path.basename(ckpt)}.mp4", chunk=8,
+                                  precision=precision))
+            print(f"  {precision} {label:28s} {rss:.3f} GiB (file {os.path.getsize(ckpt) / 2 ** 30:.2f} GiB)")
         short = make_clip(tmp, "short.mp4", 100, 64)
         long = make_clip(tmp, "long.mp4", 2000, 64)
         rss_short = peak_rss_of(cli(tiny_ckpt, short, "out_short.mp4"))

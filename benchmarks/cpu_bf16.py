@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from anytalk_training.trainer import cpu_bf16_support
+from anytalk_core.engine import cpu_bf16_support
 
 
 def step_time(module: torch.nn.Module, x: torch.Tensor, bf16: bool, repeats: int = 3) -> float:
