@@ -245,8 +245,10 @@ def test_the_committed_demo128_snapshot_continues_for_one_step(tmp_path, monkeyp
     meta = _metadata(SNAPSHOT)
     step = int(meta["step"])
     monkeypatch.chdir(ROOT)  # the config's paths (init_from, the expression regressor) are relative to the repository
+    # at the schedule's end (demo128.toml: 40 epochs of 100 steps) a continuation asks for a longer one (README there)
+    longer = [f"train.epochs={step // 100 + 1}"] if step >= 40 * 100 else []
     config = load_config(DEMO128, [f"output_dir={tmp_path / 'demo128'}", f"train.stop_after={step + 1}",
-                                   "train.progress=false", "train.sample_every=0", "train.export=false"])
+                                   "train.progress=false", "train.sample_every=0", "train.export=false", *longer])
     result, t = fit(config, resume=str(SNAPSHOT))
     assert (result["start_step"], result["end_step"]) == (step, step + 1)
     assert t.image_size == 128 and t.frozen == ("motion", "keypoints")
