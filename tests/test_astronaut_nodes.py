@@ -99,7 +99,8 @@ def cli_run(env, tmp_path_factory):
         code = main(["animate", "--source", str(env.base / "input" / ASTRONAUT),
                      "--driving", str(env.base / "input" / DRIVING),
                      "--checkpoint", str(env.base / "demo" / DEMO_CHECKPOINT.split("/", 1)[1]),
-                     "--out", str(out), "--crop", "auto", "--paste-back", "--device", "cpu", "--quiet"])
+                     "--out", str(out), "--crop", "auto", "--paste-back", "--device", "cpu", "--precision", "fp32",
+                     "--quiet"])  # the graph below loads the model in fp32
     finally:
         pipeline.source_stage, pipeline.VideoWriter = real_source_stage, real_writer
     assert code == 0 and out.is_file()
