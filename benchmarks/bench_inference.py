@@ -331,7 +331,14 @@ def main() -> None:
                     "--precision", precision]
 
         full_clip = make_clip(tmp, "full.mp4", 4, 256)
-        print("\npeak RSS of `anytalk animate` at full size (256 px, 4 frames, default chunk):")
+        baseline = subprocess.run(
+            [sys.executable, "-c", "import torch, anytalk_core.pipeline, anytalk_app.cli\n"
+             "torch.nn.functional.conv2d(torch.rand(1, 8, 64, 64), torch.rand(8, 8, 3, 3))\n"
+             "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"],
+            capture_output=True, text=True, check=True).stdout.split()[-1]
+        print(f"\nbaseline: torch and the package imported, one convolution run: {int(baseline) / 2 ** 20:.3f} GiB "
+              "(machine-dependent; the peaks below include it)")
+        print("peak RSS of `anytalk animate` at full size (256 px, 4 frames, default chunk):")
         runs = [("fp32", ".safetensors (ours)", full_ckpt), ("fp32", ".pth.tar (released layout)", released_ckpt)]
         if bf16_cpu:
             runs.append(("bf16", ".safetensors (ours)", full_ckpt))
