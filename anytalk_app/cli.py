@@ -138,7 +138,7 @@ with the driver; the mouth opens only faintly."""
 # The engine's choices (anytalk_core.engine.PRECISION_CHOICES), spelled out so that --help needs no torch.
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 _PRECISION_HELP = ("number format of the networks. auto (default): bf16 on a CPU with bf16 instructions "
-                   "(amx_bf16 / avx512_bf16: about twice as fast, frames within a grey level of fp32's), fp32 "
+                   "(amx_bf16 / avx512_bf16: 1.5-2.3x as fast, frames within a grey level of fp32's), fp32 "
                    "elsewhere; the run says which. fp32 everywhere; bf16 or fp16 on a GPU for speed and memory "
                    "(fp16 may give black frames: then use bf16)")
 

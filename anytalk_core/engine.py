@@ -91,7 +91,7 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> list[str]:
 
 def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
     """The precision a run uses and why: ``name`` itself, or for ``auto`` bf16 on a CPU with bf16 instructions
-    (about twice fp32's speed, frames within ~45-60 dB of fp32's: benchmarks/bench_inference.py) and fp32 elsewhere
+    (1.6x fp32's speed with AVX512-BF16, 2.3x with AMX; frames within 48-61 dB of fp32's: benchmarks/bench_inference.py) and fp32 elsewhere
     (GPUs included: fp16/bf16 there are a choice, README Performance)."""
     if name != "auto":
         return name, "asked for"

@@ -35,14 +35,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anytalk_core.checkpoints import load_model, save_checkpoint  # noqa: E402
 from anytalk_core.engine import Engine, EngineConfig, cpu_bf16_support  # noqa: E402
-from anytalk_core.models import dense_motion as dense_motion_module  # noqa: E402
-from anytalk_core.models import generator as generator_module  # noqa: E402
+from anytalk_core.models import blocks  # noqa: E402
 from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.face_vid2vid.reader import released_modules  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
 from anytalk_core.stages import animate_clip  # noqa: E402
+from bench_gpu import psnr  # noqa: E402  (this folder: the whole clip's PSNR, as bench_gpu reports it)
 
 
 def timed(fn, repeats: int) -> float:
@@ -101,21 +101,14 @@ def calibrate_batch_norm(model: nn.Module, size: int, images: int = 2) -> None:
     model.eval()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of frames in 0..1."""
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp(min=1e-20)))
-
-
-class _EveryLayerBf16:
+@contextlib.contextmanager
+def every_layer_bf16():
     """Within: the engine's fp32 layers under bf16 (dense-motion heads, image layer) run in bf16 too."""
-
-    def __enter__(self):
-        self.saved = dense_motion_module.full_precision_under_bf16, generator_module.full_precision_under_bf16
-        for module in (dense_motion_module, generator_module):
-            module.full_precision_under_bf16 = lambda x: contextlib.nullcontext()
-
-    def __exit__(self, *exc):
-        dense_motion_module.full_precision_under_bf16, generator_module.full_precision_under_bf16 = self.saved
+    blocks.KEEP_FP32_UNDER_BF16 = False
+    try:
+        yield
+    finally:
+        blocks.KEEP_FP32_UNDER_BF16 = True
 
 
 def bf16_against_fp32(model: nn.Module, source: torch.Tensor, driving: torch.Tensor) -> list[tuple[str, float, float]]:
@@ -131,7 +124,7 @@ def bf16_against_fp32(model: nn.Module, source: torch.Tensor, driving: torch.Ten
 
     t32, f32 = run("fp32")
     t16, f16 = run("bf16")
-    with _EveryLayerBf16():
+    with every_layer_bf16():
         t16_all, f16_all = run("bf16")
     return [("bf16 (engine: fp32 heads and image)", t32 / t16, psnr(f16, f32)),
             ("bf16, every layer", t32 / t16_all, psnr(f16_all, f32))]

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from ..anytalk_core.checkpoints import CheckpointError, load_model
+from ..anytalk_core.engine import PRECISION_CHOICES
 from . import _comfy
 from ._files import file_signature
 from ._objects import CATEGORY, AnyTalkError, AnyTalkModel
@@ -17,7 +18,7 @@ FAMILIES = {
     "LivePortrait animal": "liveportrait_animal",
 }
 DEVICES = ["auto", "cpu", "cuda", "mps"]
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+PRECISIONS = list(PRECISION_CHOICES)
 LP_PREFIX = "liveportrait/"
 DEMO_PREFIX = "demo/"
 LP_MODULE = "appearance_feature_extractor"  # every LivePortrait weights folder has this file
@@ -111,7 +112,7 @@ class AnyTalkLoadModel:
                                "other nodes need the memory. cpu works everywhere but is slow."}),
                 "precision": (PRECISIONS, {
                     "default": "auto",
-                    "tooltip": "auto: bf16 on a CPU with bf16 instructions (amx_bf16 / avx512_bf16: about twice as "
+                    "tooltip": "auto: bf16 on a CPU with bf16 instructions (amx_bf16 / avx512_bf16: 1.5-2.3x as "
                                "fast, frames within a grey level of fp32's), fp32 elsewhere (the log says which). "
                                "fp32 is exact; fp16/bf16 are faster on recent GPUs with small differences. "
                                "On CPUs without bf16 hardware fp32 is fastest."}),

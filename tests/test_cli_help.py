@@ -44,6 +44,14 @@ def test_animate_help_shows_defaults_and_explains_every_option(capsys):
     assert "--upscale PX" in page and "no detail" in page
 
 
+def test_precision_choices_are_the_engines():
+    """The CLI spells the engine's choices out (its --help imports no torch): the two lists stay one."""
+    from anytalk_app import cli
+    from anytalk_core.engine import PRECISION_CHOICES
+
+    assert cli.PRECISION_CHOICES == PRECISION_CHOICES
+
+
 def test_demo_help_names_the_training_stages(capsys):
     page = " ".join(help_page("anytalk", ["demo"], capsys).split())
     for config in ("demo.toml", "demo_stage2.toml", "demo_stage3.toml", "demo128.toml"):

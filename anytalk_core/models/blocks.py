@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+KEEP_FP32_UNDER_BF16 = True  # False: those layers run in bf16 too (benchmarks/bench_inference.py compares both)
+
+
 def full_precision_under_bf16(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off inside, where it is on with bfloat16 for ``x``'s device: for the few layers whose outputs bf16's
     8-bit mantissa visibly spoils (sampling-grid weights, the output image). Elsewhere, and under fp16, a no-op.
@@ -20,7 +23,7 @@ def full_precision_under_bf16(x: torch.Tensor) -> contextlib.AbstractContextMana
     Inside, layers run in their weights' dtype: give them ``x.to(weight.dtype)``.
     """
     device = x.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+    if KEEP_FP32_UNDER_BF16 and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
         return torch.autocast(device_type=device, enabled=False)
     return contextlib.nullcontext()
 
