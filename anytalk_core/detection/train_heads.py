@@ -208,6 +208,18 @@ def make_batch(pool, bg_windows: torch.Tensor, rng: np.random.Generator, n: int)
     keep = torch.from_numpy(rng.uniform(0, 1, n) < 0.25)
     square = KT.warp_affine(torch.ones_like(msk), m, (WINDOW, WINDOW), align_corners=True, padding_mode="zeros")
     alpha = torch.where(keep.view(-1, 1, 1, 1), square, alpha)
+    # a fifth are a photo's edge: the render's background inside a rectangle that may cut into the face
+    # (a close-up whose face runs out of the picture, pasted on clutter); the targets stay the whole face
+    cut = torch.from_numpy(rng.uniform(0, 1, n) < 0.2)
+    alpha = torch.where(cut.view(-1, 1, 1, 1), KT.warp_affine(_cut_rectangles(c, fs, rng), m, (WINDOW, WINDOW),
+                                                              align_corners=True, padding_mode="zeros"), alpha)
+    # a tenth lose their features: the head's silhouette in its mean colour is not a face (a blob with ears
+    # is framed by the foreground heuristic, not by this detector)
+    blank = torch.from_numpy(rng.uniform(0, 1, n) < 0.1) & torch.from_numpy(kind < 0.85)
+    flat = (fg * alpha).sum((2, 3), keepdim=True) / alpha.sum((2, 3), keepdim=True).clamp_min(1e-3)
+    fg = torch.where(blank.view(-1, 1, 1, 1), flat.expand_as(fg), fg)
+    # a third get fur-, skin- or paint-like texture: real faces are not the renderer's smooth shading
+    fg = _texture(fg, bg_windows, rng)
     has_face = torch.from_numpy(kind < 0.85).view(-1, 1, 1, 1)
     x = torch.where(has_face, alpha * fg + (1 - alpha) * bg, bg)
     x = _jitter(x, rng)
@@ -225,8 +237,32 @@ def make_batch(pool, bg_windows: torch.Tensor, rng: np.random.Generator, n: int)
     label = torch.full((n,), -1.0)
     label[face & (offmax <= 5.5) & (ratio <= 0.22)] = 1.0
     label[~face | (offmax > 12) | (ratio > 0.6)] = 0.0
-    reg_w = (face & (offmax <= 14) & (ratio <= 0.6)).float()
+    label[blank] = 0.0
+    reg_w = (face & ~blank & (offmax <= 14) & (ratio <= 0.6)).float()
     return {"x": x, "label": label, "reg": reg, "reg_w": reg_w}
+
+
+def _cut_rectangles(center: torch.Tensor, size: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Masks (n, 1, S, S) in render pixels: a rectangle around each face (centre (n, 2), size (n,)) whose
+    sides lie 0.3-1.4 half face sizes from the centre, clipped to the render."""
+    n, s = center.shape[0], RENDER_SIZE
+    reach = torch.from_numpy(rng.uniform(0.3, 1.4, (n, 4)).astype(np.float32)) * size[:, None] / 2
+    x0, x1 = center[:, 0] - reach[:, 0], center[:, 0] + reach[:, 1]
+    y0, y1 = center[:, 1] - reach[:, 2], center[:, 1] + reach[:, 3]
+    ax = torch.arange(s, dtype=torch.float32)
+    inside_x = (ax[None] >= x0[:, None]) & (ax[None] <= x1[:, None])  # (n, S)
+    inside_y = (ax[None] >= y0[:, None]) & (ax[None] <= y1[:, None])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+
+
+def _texture(fg: torch.Tensor, bank: torch.Tensor, rng: np.random.Generator, share: float = 0.35) -> torch.Tensor:
+    """Modulate a ``share`` of the images (n, 3, 48, 48) by the grey detail of random background windows."""
+    n = fg.shape[0]
+    t = sample_backgrounds(bank, rng, n).mean(1, keepdim=True)
+    t = t - t.mean((2, 3), keepdim=True)
+    amount = torch.from_numpy(rng.uniform(0.3, 1.0, (n, 1, 1, 1)).astype(np.float32))
+    amount = amount * torch.from_numpy(rng.uniform(0, 1, (n, 1, 1, 1)) < share).float()
+    return (fg * (1 + amount * t)).clamp(0, 1)
 
 
 def _jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -291,7 +327,7 @@ def train(seed: int = 0, minutes: float = 22.0, batch: int = 192, pool_size: int
         step += 1
         if time.time() - last > 60:
             last = time.time()
-            log(f"  step {step} ({frac:.0%}) loss {float(loss):.3f} cls {parts['cls']:.3f} reg {parts['reg']:.3f}")
+            log(f"  step {step} ({frac:.0%}) loss {float(loss.detach()):.3f} cls {parts['cls']:.3f} reg {parts['reg']:.3f}")
     net.eval()
     report = {"seed": seed, "steps": step, "batch": batch, "pool": pool_size, "render_size": RENDER_SIZE,
               "wall_s": round(time.time() - t0), "cpu_s": round(time.process_time() - c0),
