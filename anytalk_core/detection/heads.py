@@ -18,7 +18,7 @@ Shipped weights (80,508 parameters, 0.33 MB): four stages, one thread each --
 ``--minutes 5 --pool 2000 --seed 1 --lr 1e-3 --init <stage 1>`` (197 steps; negatives now include faces
 up to 8 x too large, i.e. a face's parts), then ``--minutes 45 --pool 4000 --seed 2 --lr 1e-3 --init
 <stage 2>`` (14,741 steps on an idle AVX-512 core; windows now include faces cut by a photo's edge and
-fur-like texture), then ``--minutes 12 --pool 4000 --seed 3 --lr 5e-4 --init <stage 3>`` (~3,400 steps;
+fur-like texture), then ``--minutes 12 --pool 4000 --seed 3 --lr 5e-4 --init <stage 3>`` (3,337 steps;
 featureless head silhouettes become negatives: stage 3 had called a plain ellipse with ears a face). On
 held-out windows of the final data (``validate(net, 3)``): recall 0.99 (stage 2: 0.95), false positives
 1.4 % (5.8 %), centre error 1.5 px (2.4) and size error 8 % (13 %) at a 22 px face, before refinement.

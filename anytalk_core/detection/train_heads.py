@@ -6,9 +6,10 @@ foreground mask. Every training window (48 x 48) composites one render -- moved,
 degrees) and mirrored at random -- over a cluttered background: random crops of scikit-image's bundled
 pictures (never ``astronaut``, ``chelsea``/``cat`` or ``coffee``: the tests use those) or procedural
 clutter (noise at several scales, stripes, blobs, gradients). Positives hold a face of 22 px +-20 %
-within 5 px of the window centre; negatives hold only background or a face far too small, too large or
-off centre; colours, contrast, blur and noise are jittered so the network does not learn the renderer's
-palette. All draws come from ``numpy.random.default_rng([0xA7D3, seed, split, index])``.
+within 5 px of the window centre; negatives hold only background, a face far too small, too large or
+off centre, or a head's featureless silhouette. Some faces keep the render's background inside a rectangle
+that may cut into them (a close-up photo's edge) and some carry fur-like texture; colours, contrast, blur and
+noise are jittered so the network does not learn the renderer's palette. All draws come from ``numpy.random.default_rng([0xA7D3, seed, split, index])``.
 
 Command line::
 
@@ -215,13 +216,13 @@ def make_batch(pool, bg_windows: torch.Tensor, rng: np.random.Generator, n: int)
                                                               align_corners=True, padding_mode="zeros"), alpha)
     # a tenth lose their features: the head's silhouette in its mean colour is not a face (a blob with ears
     # is framed by the foreground heuristic, not by this detector)
-    blank = torch.from_numpy(rng.uniform(0, 1, n) < 0.1) & torch.from_numpy(kind < 0.85)
+    face = torch.from_numpy(kind < 0.85)
+    blank = torch.from_numpy(rng.uniform(0, 1, n) < 0.1) & face
     flat = (fg * alpha).sum((2, 3), keepdim=True) / alpha.sum((2, 3), keepdim=True).clamp_min(1e-3)
     fg = torch.where(blank.view(-1, 1, 1, 1), flat.expand_as(fg), fg)
     # a third get fur-, skin- or paint-like texture: real faces are not the renderer's smooth shading
     fg = _texture(fg, bg_windows, rng)
-    has_face = torch.from_numpy(kind < 0.85).view(-1, 1, 1, 1)
-    x = torch.where(has_face, alpha * fg + (1 - alpha) * bg, bg)
+    x = torch.where(face.view(-1, 1, 1, 1), alpha * fg + (1 - alpha) * bg, bg)
     x = _jitter(x, rng)
     # targets from the warped landmarks
     lw = lm @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
@@ -233,7 +234,6 @@ def make_batch(pool, bg_windows: torch.Tensor, rng: np.random.Generator, n: int)
                      ((pts - centre) / WINDOW).reshape(n, -1)], dim=1)
     offmax = (cw - centre).abs().amax(1)
     ratio = torch.log(sw / NOMINAL_FACE).abs()
-    face = torch.from_numpy(kind < 0.85)
     label = torch.full((n,), -1.0)
     label[face & (offmax <= 5.5) & (ratio <= 0.22)] = 1.0
     label[~face | (offmax > 12) | (ratio > 0.6)] = 0.0
