@@ -95,7 +95,9 @@ def background_bank() -> list[torch.Tensor]:
     bank = []
     for name in BACKGROUND_IMAGES:
         try:
-            a = np.asarray(getattr(data, name)())
+            # binary_blobs is drawn at random on each call: fix its seed (the 5th argument, ``seed`` before
+            # scikit-image 0.23 and ``rng`` since) so every process trains on the same data
+            a = np.asarray(data.binary_blobs(512, 0.1, 2, 0.5, 0) if name == "binary_blobs" else getattr(data, name)())
         except Exception as exc:  # a picture this scikit-image cannot provide offline (fetched data, a missing extra)
             warnings.warn(f"head-detector training: scikit-image picture {name!r} is unavailable ({exc}); "
                           "training without it", RuntimeWarning, stacklevel=2)
