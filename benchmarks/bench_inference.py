@@ -1,6 +1,6 @@
 """Inference benchmark (not a test): per-stage cost, the plain reference loop against the engine, memory.
 
-    python benchmarks/bench_inference.py [--threads 2] [--frames 3] [--skip-rss]
+    python benchmarks/bench_inference.py [--threads 2] [--frames 3] [--skip-rss | --rss-only]
 
 Full size (256 px, the released face-vid2vid widths), random weights with batch-norm statistics calibrated on random
 images (as trained networks have them: the uncalibrated unit statistics make activations grow layer by layer), fixed
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=3, help="frames timed per path at full size")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--rss-only", action="store_true", help="only the memory section (no timing)")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="the bf16 engine row: auto = only where the CPU has amx_bf16 / avx512_bf16")
     args = parser.parse_args()
@@ -164,6 +165,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, full size 256, random weights, fp32")
+    if args.rss_only:
+        report_memory(bf16_cpu)
+        return
 
     model = build_model(ModelConfig())
     calibrate_batch_norm(model, 256)
@@ -302,9 +306,13 @@ def main() -> None:
             for label, speed_up, db in results_bf16:
                 print(f"{where + ': ' + label:88s} {speed_up:8.2f}x {db:8.1f}")
 
-    if args.skip_rss:
-        return
-    # --- memory of the streaming CLI ---------------------------------------------------------------
+    if not args.skip_rss:
+        report_memory(bf16_cpu)
+
+
+def report_memory(bf16_cpu: bool) -> None:
+    """Peak RSS of the streaming CLI (`anytalk animate` in a child process) at full size from both file
+    layouts, and at tiny widths for 100 against 2,000 frames."""
     with tempfile.TemporaryDirectory() as tmp:
         from anytalk_core.media import save_image
 
