@@ -254,3 +254,38 @@ def test_the_committed_demo128_snapshot_continues_for_one_step(tmp_path, monkeyp
     assert t.image_size == 128 and t.frozen == ("motion", "keypoints")
     line = json.loads((tmp_path / "demo128" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == step + 1 and all(v == v for v in line.values() if isinstance(v, float))  # no NaN
+
+
+def test_a_warmed_up_estimator_replaces_the_frozen_one_in_a_training_state(frozen_run, tmp_path, capsys):
+    """Between schedules a refined frozen network goes into the run's state; what trains is left as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from anytalk_training.frozen import main as frozen_main
+
+    tmp, cfg, overrides = frozen_run
+    last = tmp / "run" / "checkpoints" / "last.safetensors"
+    donor = load_file(str(tmp / "base" / "model.safetensors"))
+    donor = {k: v * 1.01 if k.startswith("motion.") and v.is_floating_point() else v for k, v in donor.items()}
+    save_file(donor, str(tmp_path / "warm.safetensors"), metadata=_metadata(tmp / "base" / "model.safetensors"))
+    out = tmp_path / "swapped.safetensors"
+    assert frozen_main([str(last), str(tmp_path / "warm.safetensors"), str(out), "--networks", "motion"]) == 0
+    assert "continue with --resume-from" in capsys.readouterr().out
+    before, after = read_train_state(last), read_train_state(out)  # CRCs verified
+    assert set(before.tensors) == set(after.tensors) and (after.step, after.epoch) == (before.step, before.epoch)
+    for key, value in before.tensors.items():
+        if key.startswith("model.motion."):
+            assert torch.equal(after.tensors[key], donor[key[len("model."):]]), key
+        else:
+            assert torch.equal(after.tensors[key], value), key
+    # never over a file; only frozen networks (a trained one's Adam moments belong to its weights)
+    assert frozen_main([str(last), str(tmp_path / "warm.safetensors"), str(out)]) == 2
+    assert "nothing is written over" in capsys.readouterr().err
+    assert frozen_main([str(last), str(tmp_path / "warm.safetensors"), str(tmp_path / "g.safetensors"),
+                        "--networks", "generator"]) == 2
+    assert "'generator' trains in this run" in capsys.readouterr().err
+    # the run goes on from it, with the new estimator
+    config = load_config(cfg, [*overrides[:2], f"output_dir={tmp_path / 'next'}", "train.stop_after=3"])
+    result, t = fit(config, resume=str(out))
+    assert (result["start_step"], result["end_step"]) == (2, 3)
+    state = read_train_state(tmp_path / "next" / "checkpoints" / "last.safetensors")
+    assert torch.equal(state.tensors["model.motion.fc_t.bias"], donor["motion.fc_t.bias"])
