@@ -22,6 +22,7 @@ import os
 import sys
 
 from .checkpointing import TRAIN_STATE_FORMAT, TrainStateError, _crc, read_train_state
+from .snapshot import frozen_networks
 
 __all__ = ["replace_frozen_networks", "main"]
 
@@ -36,7 +37,7 @@ def replace_frozen_networks(state_path: str | os.PathLike, donor_path: str | os.
     if os.path.exists(out_path):
         raise FileExistsError(f"{os.fspath(out_path)} exists: name a new file (nothing is written over)")
     state = read_train_state(state_path)
-    frozen = list(json.loads(state.meta["config"]).get("train", {}).get("freeze", []))
+    frozen = list(frozen_networks(json.loads(state.meta["config"])))
     networks = list(frozen if networks is None else networks)
     if not networks:
         raise TrainStateError(f"{os.fspath(state_path)}: the run freezes no network (train.freeze is empty): "
@@ -50,6 +51,8 @@ def replace_frozen_networks(state_path: str | os.PathLike, donor_path: str | os.
     except (FileFormatError, OSError) as exc:
         raise TrainStateError(f"{os.fspath(donor_path)}: not a readable checkpoint ({exc})") from None
     tensors = dict(state.tensors)
+    meta = {k: v for k, v in state.meta.items() if k != "format"}
+    crc = json.loads(meta["crc32"])
     replaced = 0
     for net in networks:
         keys = [k for k in tensors if k.startswith(f"model.{net}.")]
@@ -65,10 +68,8 @@ def replace_frozen_networks(state_path: str | os.PathLike, donor_path: str | os.
                 raise TrainStateError(f"{os.fspath(donor_path)}: {name} is {tuple(new.shape)} {new.dtype}, the run's "
                                       f"is {tuple(old.shape)} {old.dtype} (another model width?)")
             tensors[key] = new.contiguous()
+            crc[key] = _crc(tensors[key])
             replaced += 1
-    meta = {k: v for k, v in state.meta.items() if k != "format"}
-    crc = json.loads(meta["crc32"])
-    crc.update({k: _crc(v) for k, v in tensors.items() if k.startswith(tuple(f"model.{n}." for n in networks))})
     meta["crc32"] = json.dumps(crc)
     write_tagged(out_path, tensors, TRAIN_STATE_FORMAT, meta)
     return {"step": state.step, "networks": networks, "tensors": replaced}

@@ -53,8 +53,13 @@ def is_snapshot(path: str | os.PathLike) -> bool:
         return False
 
 
+def frozen_networks(config: dict) -> tuple[str, ...]:
+    """The networks a run keeps as loaded (its ``train.freeze``)."""
+    return tuple(config.get("train", {}).get("freeze", []))
+
+
 def _frozen_prefixes(config: dict) -> tuple[str, ...]:
-    return tuple(f"{name}." for name in config.get("train", {}).get("freeze", []))
+    return tuple(f"{name}." for name in frozen_networks(config))
 
 
 def _to_half(t: torch.Tensor) -> torch.Tensor:

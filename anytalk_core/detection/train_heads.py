@@ -9,7 +9,8 @@ clutter (noise at several scales, stripes, blobs, gradients). Positives hold a f
 within 5 px of the window centre; negatives hold only background, a face far too small, too large or
 off centre, or a head's featureless silhouette. Some faces keep the render's background inside a rectangle
 that may cut into them (a close-up photo's edge) and some carry fur-like texture; colours, contrast, blur and
-noise are jittered so the network does not learn the renderer's palette. All draws come from ``numpy.random.default_rng([0xA7D3, seed, split, index])``.
+noise are jittered so the network does not learn the renderer's palette. All draws come from
+``numpy.random.default_rng([0xA7D3, seed, split, index])``.
 
 Command line::
 
@@ -329,7 +330,8 @@ def train(seed: int = 0, minutes: float = 22.0, batch: int = 192, pool_size: int
         step += 1
         if time.time() - last > 60:
             last = time.time()
-            log(f"  step {step} ({frac:.0%}) loss {float(loss.detach()):.3f} cls {parts['cls']:.3f} reg {parts['reg']:.3f}")
+            log(f"  step {step} ({frac:.0%}) loss {float(loss.detach()):.3f} cls {parts['cls']:.3f} "
+                f"reg {parts['reg']:.3f}")
     net.eval()
     report = {"seed": seed, "steps": step, "batch": batch, "pool": pool_size, "render_size": RENDER_SIZE,
               "wall_s": round(time.time() - t0), "cpu_s": round(time.process_time() - c0),
