@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         mean = bench.mean_row(rows)
         psnr = torch.stack(per_frame)  # (pairs x identities, frames)
         curve = " ".join(f"{float(v):.1f}" for v in psnr.mean(0))
-        print(f"| {variant} | {mean['psnr_db']:.2f} | {float(psnr[:, 1:].mean()):.2f} | {mean['l1']:.4f} | {mean['pose_err_deg']:.2f} | "
-              f"{mean['lmk_err_pct']:.2f} | {curve} |", flush=True)
+        print(f"| {variant} | {mean['psnr_db']:.2f} | {float(psnr[:, 1:].mean()):.2f} | {mean['l1']:.4f} | "
+              f"{mean['pose_err_deg']:.2f} | {mean['lmk_err_pct']:.2f} | {curve} |", flush=True)
     print("driver's mean |angle - first frame's| per frame index (deg): "
           + " ".join(f"{float(v):.1f}" for v in turn))
     return 0
