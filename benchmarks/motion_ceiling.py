@@ -9,7 +9,7 @@
   replaced by the renderer's ground truth: what a perfect pose estimator would give;
 - ``self-driven``: the driving frames are the ground-truth frames themselves (the source identity making the
   driver's moves): no identity gap between driver and source;
-- ``self-driven, true pose``: both;
+- ``self-driven + true pose``: both;
 - ``static source``: no animation, the source repeated: the floor every row must beat.
 
 Each row: PSNR (the benchmark's mean over frames, and over frames 1 onwards, which the static source cannot
@@ -37,7 +37,7 @@ from anytalk_core.stages import driving_stage, render_stage, transfer_stage  # n
 from anytalk_eval import synthetic as bench  # noqa: E402
 from anytalk_eval.metrics.pixel import mse, psnr_from_mse  # noqa: E402
 
-VARIANTS = ("estimated", "true pose", "self-driven", "self-driven, true pose", "static source")
+VARIANTS = ("estimated", "true pose", "self-driven", "self-driven + true pose", "static source")
 
 
 def with_pose(motion: Motion, angles: torch.Tensor) -> Motion:

@@ -50,7 +50,7 @@ def test_motion_ceiling_variants_differ_only_in_what_they_replace():
     # relative transfer: the first driving frame is the reference, so frame 0 is drawn at the source's own
     # keypoints whoever drives (the source's estimated pose, or its true one)
     torch.testing.assert_close(out["self-driven"][0], out["estimated"][0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(out["self-driven, true pose"][0], out["true pose"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["self-driven + true pose"][0], out["true pose"][0], atol=1e-6, rtol=0)
     # later frames: replacing the pose or the driver changes them
     assert not torch.allclose(out["true pose"][1:], out["estimated"][1:])
     assert not torch.allclose(out["self-driven"][1:], out["estimated"][1:])
