@@ -1,6 +1,6 @@
 """The 128 px demo's training curves and benchmark points in one picture and one table (not a test).
 
-    python benchmarks/demo_curves.py [--log assets/demo/training_log/demo128] [--extra NAME=metrics.jsonl ...]
+    python benchmarks/demo_curves.py [--log assets/demo/training_log/demo128] [--extra NAME=metrics.jsonl[@STEP] ...]
         [--out assets/demo/training_log/demo128/curves.png]
 
 Reads the run's ``metrics.jsonl`` (losses every 10 steps) and its ``synthetic_benchmark_step*_seed0.md`` files (the
@@ -111,16 +111,21 @@ def plot(runs: dict[str, list[dict]], points: list[dict], out: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", default="assets/demo/training_log/demo128")
-    parser.add_argument("--extra", action="append", default=[], metavar="NAME=metrics.jsonl")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=metrics.jsonl[@STEP]",
+                        help="a further run; @STEP: its step 0 is the main run's STEP (a fresh schedule from there)")
     parser.add_argument("--out", default=None, help="PNG to write (default: no picture)")
     args = parser.parse_args(argv)
 
     runs = {Path(args.log).name: binned(read_losses(Path(args.log) / "metrics.jsonl"))}
     for item in args.extra:
         name, sep, path = item.partition("=")
-        if not sep:
-            parser.error(f"--extra takes NAME=metrics.jsonl, got {item!r}")
-        runs[name] = binned(read_losses(path))
+        path, at, start = path.partition("@")
+        if not sep or (at and not start.isdigit()):
+            parser.error(f"--extra takes NAME=metrics.jsonl[@STEP], got {item!r}")
+        rows = read_losses(path)
+        for r in rows:
+            r["step"] += int(start or 0)
+        runs[name] = binned(rows)
     points = read_benchmarks(args.log)
 
     for name, rows in runs.items():
