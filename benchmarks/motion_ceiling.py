@@ -51,23 +51,24 @@ def variant_animate(engine: Engine, clips: list[syn.Clip], variant: str, per_fra
     model = engine.model
     true_pose = "true pose" in variant
 
-    def animate(source: torch.Tensor, driving: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # the benchmark hands over frames only: find the clip they came from to read its true pose
-        if variant == "static source":
-            frames = source.expand_as(target).clone()
-            per_frame_psnr.append(psnr_from_mse(mse(frames, target, torch.float32).double()).float())
-            return frames
-        clip = next(c for c in clips if torch.equal(c.frames.permute(0, 3, 1, 2), driving))
+    def rendered(source: torch.Tensor, driving: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         state = engine.prepare_source(source)
         drive = driving_stage(engine, bench.CLIP_FPS, frames=target if variant.startswith("self") else driving)
         if true_pose:
+            # the benchmark hands over frames only: find the clip they came from to read its true pose
+            clip = next(c for c in clips if torch.equal(c.frames.permute(0, 3, 1, 2), driving))
             angles = clip.pose[:, :3].float()
             drive = dataclasses.replace(drive, motion=with_pose(drive.motion, angles))
             source_motion = with_pose(state.motion, angles[:1])
             state = dataclasses.replace(state, motion=source_motion,
                                         keypoints=model.motion_keypoints(state.canonical, source_motion))
-        keypoints = transfer_stage(engine, state, drive)
-        frames = torch.cat(list(render_stage(engine, state, keypoints)))
+        return torch.cat(list(render_stage(engine, state, transfer_stage(engine, state, drive))))
+
+    def animate(source: torch.Tensor, driving: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if variant == "static source":
+            frames = source.expand_as(target).clone()
+        else:
+            frames = rendered(source, driving, target)
         per_frame_psnr.append(psnr_from_mse(mse(frames.float(), target, torch.float32).double()).float())
         return frames
 
