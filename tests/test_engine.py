@@ -216,3 +216,42 @@ def test_spade_blocks_normalise_before_upsampling_at_inference_only():
         assert torch.allclose(lazy, literal, atol=1e-5), (lazy - literal).abs().max()
         trained = block(x, seg, upsample=2)  # gradients on: the literal computation, bit for bit
         assert torch.equal(trained.detach(), block(F.interpolate(x, scale_factor=2), seg).detach())
+
+
+@pytest.mark.parametrize("batch,size,upsample,weights_cl", [(1, 5, 2, False), (1, 8, 1, True), (2, 6, 2, False),
+                                                            (1, 3, 4, True)])
+def test_channels_last_spade_blocks_equal_the_literal_contiguous_block(batch, size, upsample, weights_cl):
+    """The engine's CPU layout: a SPADE block on channels-last maps (instance norm through batch norm for one
+    image, the modulation by bands of rows, the upsampled map's convolution interleaved channels-last, the
+    spectral norm read in the kernel's own order) gives the literal contiguous block's numbers, channels-last."""
+    import torch.nn.functional as F
+    from anytalk_core.models.blocks import SPADEResBlock, is_channels_last
+
+    torch.manual_seed(1)
+    block = SPADEResBlock(16, 8, label_nc=6, hidden=12).eval()
+    x, seg = torch.randn(batch, 16, size, size), torch.rand(batch, 6, 4 * size // 4, 4 * size // 4)
+    with torch.no_grad():
+        literal = block(F.interpolate(x, scale_factor=upsample) if upsample > 1 else x, seg)
+        if weights_cl:  # as the engine leaves them on CUDA (on the CPU the weights keep their layout)
+            block.to(memory_format=torch.channels_last)
+        fast = block(x.contiguous(memory_format=torch.channels_last), seg.contiguous(memory_format=torch.channels_last),
+                     upsample=upsample)
+    assert fast.shape == literal.shape == (batch, 8, size * upsample, size * upsample)
+    assert is_channels_last(fast)
+    assert torch.allclose(fast, literal, atol=1e-5), (fast - literal).abs().max()
+
+
+def test_the_cpu_engine_runs_the_generator_channels_last_unless_asked_not_to(model, clip):
+    from anytalk_core.models.blocks import is_channels_last
+
+    try:
+        assert Engine(model, EngineConfig(device="cpu")).channels_last
+        volume = torch.rand(1, model.config.generator.volume_channels // 16, 16, 16, 16)
+        identity = torch.zeros(1, 16, 16, 16, 3)
+        assert is_channels_last(model.generator.decoder_input(volume, identity, None))
+        assert model.generator.decoder.fc.weight.is_contiguous()  # on the CPU the weights keep their layout
+        contiguous = run(model, clip, chunk_size=4, channels_last=False)
+        assert not is_channels_last(model.generator.decoder_input(volume, identity, None))
+        assert (run(model, clip, chunk_size=4) - contiguous).abs().max() <= 1e-5
+    finally:
+        model.generator.channels_last = False

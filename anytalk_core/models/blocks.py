@@ -187,12 +187,33 @@ class SpectralNormConv2d(nn.Module):
         """The spectrally normalised kernel, always computed in the parameters' precision."""
         if self.training:
             self.power_iteration()
-        with torch.autocast(self.weight_orig.device.type, enabled=False):
-            sigma = torch.dot(self.weight_u, torch.mv(self.weight_orig.flatten(1), self.weight_v))
-            return self.weight_orig / sigma
+        w = self.weight_orig
+        with torch.autocast(w.device.type, enabled=False):
+            if w.is_contiguous():
+                wv = torch.mv(w.flatten(1), self.weight_v)
+            else:  # a channels-last kernel is (O, kh, kw, I) in memory: flatten it in that order, and v to match
+                wv = torch.mv(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1),
+                              self.weight_v.view(w.shape[1:]).permute(1, 2, 0).reshape(-1))
+            return w / torch.dot(self.weight_u, wv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when a 4D tensor is laid out channels-last (and not also contiguous, as 1x1 maps are both)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``F.instance_norm`` that keeps a channels-last map channels-last (instance norm copies it to contiguous): for
+    one image the batch statistics are the instance's own, and batch norm has a channels-last kernel."""
+    if not is_channels_last(x):
+        return F.instance_norm(x, eps=eps)
+    if x.shape[0] == 1:
+        return F.batch_norm(x, None, None, training=True, eps=eps)
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    return (x - mean).mul_(torch.rsqrt(var.add_(eps)))
 
 
 def _phase_offsets(factor: int) -> list[tuple[int, ...]]:
@@ -235,6 +256,17 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
             shifts.append((shift_r, shift_c))
     n = len(classes)
     y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels), None if bias is None else bias.repeat(n * n))
+    if is_channels_last(x):
+        # The same interleaving on the (b, h, w, c) views: (b, h, f, w, f, o) is the row-major layout of the
+        # channels-last (b, fh, fw, o), so the output keeps the input's layout.
+        y = y.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, n * n, o)
+        out = x.new_empty(b, h, factor, w, factor, o)
+        for a, ra in enumerate(phases):
+            for c, ca in enumerate(phases):
+                i = classes.index(ra) * n + classes.index(ca)
+                sr, sc = shifts[i]
+                out[:, :, a, :, c] = y[:, sr:sr + h, sc:sc + w, i]
+        return out.view(b, factor * h, factor * w, o).permute(0, 3, 1, 2)
     y = y.view(b, n * n, o, h + 1, w + 1)
     # Interleave straight into the output: (b, o, h, f, w, f) is the row-major layout of (b, o, fh, fw).
     out = x.new_empty(b, o, h, factor, w, factor)
@@ -284,10 +316,12 @@ class SPADE(nn.Module):
         # besides x and the modulation features only the output map is alive at full size. Instance
         # normalisation commutes with nearest upsampling (the same mean and variance), so an upsampled
         # input is normalised at its own size and only the result is upsampled: the full-size x never exists.
-        out = F.instance_norm(x, eps=1e-5)
+        out = instance_norm(x)
         if upsample > 1:
             out = F.interpolate(out, scale_factor=upsample)
         actv = self.modulation_features(out, segmap)
+        if is_channels_last(out):
+            return self._modulate_by_rows(out, actv)
         group = max(1, out.shape[1] // 4)
         for start in range(0, out.shape[1], group):
             sl = slice(start, start + group)
@@ -295,6 +329,23 @@ class SPADE(nn.Module):
             out[:, sl].mul_(gamma.add_(1))
             del gamma
             out[:, sl].add_(F.conv2d(actv, self.mlp_beta.weight[sl], self.mlp_beta.bias[sl], padding=1))
+        return out
+
+    def _modulate_by_rows(self, out: torch.Tensor, actv: torch.Tensor, bands: int = 4) -> torch.Tensor:
+        """The in-place modulation on channels-last maps, a band of rows at a time: in that layout a band is one
+        contiguous block of ``out`` and of ``actv``, where a channel group would be strided. Each band's gamma and
+        beta are convolved over the band and its two neighbouring rows."""
+        h = out.shape[2]
+        step = -(-h // bands)
+        for top in range(0, h, step):
+            bottom = min(h, top + step)
+            first, last = max(top - 1, 0), min(bottom + 1, h)
+            # Zero padding stands in for the rows beyond the image; rows beyond the band are read from actv,
+            # and the output rows computed from a padded band edge are dropped.
+            rows, keep = actv[:, :, first:last], slice(top - first, bottom - first)
+            band = out[:, :, top:bottom]
+            band.mul_(F.conv2d(rows, self.mlp_gamma.weight, self.mlp_gamma.bias, padding=1)[:, :, keep].add_(1))
+            band.add_(F.conv2d(rows, self.mlp_beta.weight, self.mlp_beta.bias, padding=1)[:, :, keep])
         return out
 
 

@@ -55,12 +55,18 @@ class Generator(nn.Module):
         self.third = SameBlock2d(cfg.volume_channels, cfg.ic, kernel_size=3, lrelu=True)
         self.fourth = nn.Conv2d(cfg.ic, cfg.ic, kernel_size=1)
         self.decoder = SPADEDecoder(cfg)
+        # The layout of the maps (the weights keep theirs): the engine sets it; channels-last maps let oneDNN run
+        # the decoder's wide-map convolutions much faster on CPUs (Engine._default_channels_last).
+        self.channels_last = False
 
     def decoder_input(self, volume: torch.Tensor, deformation: torch.Tensor, occlusion_map: torch.Tensor | None) -> torch.Tensor:
         """Warp (B, C, D, h, w) by (B, D, h, w, 3), flatten depth, project, apply occlusion -> (B, ic, h, w)."""
         out = warp_volume(volume, deformation)
         b, c, d, h, w = out.shape
-        out = self.fourth(self.third(out.reshape(b, c * d, h, w)))
+        out = out.reshape(b, c * d, h, w)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)  # every later map follows this one's layout
+        out = self.fourth(self.third(out))
         if occlusion_map is not None:
             if occlusion_map.shape[2:] != out.shape[2:]:
                 occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:], mode="bilinear")
