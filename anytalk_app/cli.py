@@ -24,7 +24,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _animate(args: argparse.Namespace) -> int:
     from anytalk_core.checkpoints import load_model
     from anytalk_core.engine import EngineConfig, resolve_device
-    from anytalk_core.memory import map_large_allocations
+    from anytalk_core.memory import keep_freed_memory, map_large_allocations
     from anytalk_core.models.base import TalkingHeadModel, TransferOptions
     from anytalk_core.pipeline import AnimateOptions, animate_file, check_inputs, check_paths
 
@@ -40,7 +40,10 @@ def _animate(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     check_paths(args.source, args.driving, args.out, args.overwrite, extra_inputs=(args.checkpoint,), audio=args.audio)
     check_inputs(args.source, args.driving, args.audio)  # every input decodes before the model is loaded
-    map_large_allocations()  # a one-shot process: freed activations go back to the OS (peak memory)
+    if args.memory == "lean":
+        map_large_allocations()  # a one-shot process: freed activations go back to the OS (peak memory)
+    else:
+        keep_freed_memory()  # ... or stay for the next frame's tensors (speed)
     # the rendering networks are read only once the driving motion is known (after the others are freed)
     model = load_model(args.checkpoint, family=args.family.replace("-", "_"), defer=TalkingHeadModel.render_modules)
     bars = _StageBars(args.quiet)
@@ -137,10 +140,9 @@ with the driver; the mouth opens only faintly."""
 
 # The engine's choices (anytalk_core.engine.PRECISION_CHOICES), spelled out so that --help needs no torch.
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-_PRECISION_HELP = ("number format of the networks. auto (default): bf16 on a CPU with bf16 instructions "
-                   "(amx_bf16 / avx512_bf16: 1.5-2.3x as fast, frames within a grey level of fp32's), fp32 "
-                   "elsewhere; the run says which. fp32 everywhere; bf16 or fp16 on a GPU for speed and memory "
-                   "(fp16 may give black frames: then use bf16)")
+_PRECISION_HELP = ("number format of the networks. auto: bf16 on a CPU with amx_bf16 / avx512_bf16 (1.6-2.3x as "
+                   "fast, within a grey level of fp32), else fp32; the run says which. On a GPU bf16 or fp16 "
+                   "(fp16 may give black frames: then bf16)")
 
 _DEMO_EPILOG = """\
 examples:
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the frames enlarged to PX x PX for viewing (nearest-neighbour, like the demo's "
                         "--tile): an upscale of the model's frames, it adds no detail; default: the model's size")
     a.add_argument("--chunk", type=positive_int, default=8, help="frames per chunk (bounds memory)")
+    a.add_argument("--memory", choices=("lean", "fast"), default="lean",
+                   help="lean: freed memory goes back at once (lowest peak); fast: kept for reuse (README)")
     a.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help=_PRECISION_HELP)
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

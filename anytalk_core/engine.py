@@ -172,8 +172,8 @@ class Engine:
     def _default_channels_last(self) -> bool:
         # CPU: oneDNN runs the decoder's wide-map convolutions up to 2.5x faster on channels-last maps, measured on
         # AVX-512 and with oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2), fp32 and bf16 (benchmarks/bench_inference.py).
-        # CUDA: tensor cores prefer NHWC for half precision; fp32 measured no faster.
-        return self.device.type == "cpu" or (self.device.type == "cuda" and self.dtype != torch.float32)
+        # CUDA: measured slower in fp16 and bf16 on an H200 (11.4 against 9.4 ms/frame, benchmarks/bench_gpu.py).
+        return self.device.type == "cpu"
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import ctypes
 import sys
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+# glibc's mallopt parameter numbers
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -33,3 +36,15 @@ def map_large_allocations(threshold: int = 1 << 20) -> bool:
     if libc is None or not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+
+
+def keep_freed_memory() -> bool:
+    """Serve every allocation from the heap and keep freed memory there for the next frame's tensors: the opposite
+    of :func:`map_large_allocations`. Mapped blocks cost the kernel fresh zero-filled pages on every allocation
+    (~2 GiB per full-size frame); measured on 8 full-size frames of the CLI on a 2-core AMD EPYC: 22-23 s against
+    33 s, with a peak of 1.15-1.36 GiB against 0.92. For one-shot processes (``anytalk animate --memory fast``),
+    not for a host application's shared process. True when it was set."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))

@@ -30,3 +30,26 @@ def test_large_allocations_are_mapped_and_returned_in_a_fresh_process():
         return
     assert ok == "True"
     assert int(held_mib) >= 100 and int(after_mib) <= 8, result.stdout  # 128 MiB held, then given back
+
+
+def test_fast_memory_keeps_freed_blocks_in_a_fresh_process():
+    """``--memory fast``: every block comes from the heap and freed blocks stay resident for the next frame's
+    tensors (where the lean setting gives them back at once: the test above)."""
+    code = (
+        "import torch\n"
+        "from anytalk_core.memory import keep_freed_memory\n"
+        "def rss():\n"
+        "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
+        "ok = keep_freed_memory()\n"
+        "before = rss()\n"
+        "big = [torch.ones(1 << 23) for _ in range(4)]  # 4 x 32 MiB, above glibc's largest mapping threshold\n"
+        "del big\n"
+        "print(ok, (rss() - before) // 1024)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ok, kept_mib = result.stdout.split()
+    if not sys.platform.startswith("linux"):
+        assert ok == "False"
+        return
+    assert ok == "True"
+    assert int(kept_mib) >= 100, result.stdout  # 128 MiB freed and kept (glibc would map and unmap them)
