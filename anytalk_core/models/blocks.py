@@ -256,20 +256,13 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
             shifts.append((shift_r, shift_c))
     n = len(classes)
     y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels), None if bias is None else bias.repeat(n * n))
-    if is_channels_last(x):
-        # The same interleaving on the (b, h, w, c) views: (b, h, f, w, f, o) is the row-major layout of the
-        # channels-last (b, fh, fw, o), so the output keeps the input's layout.
-        y = y.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, n * n, o)
-        out = x.new_empty(b, h, factor, w, factor, o)
-        for a, ra in enumerate(phases):
-            for c, ca in enumerate(phases):
-                i = classes.index(ra) * n + classes.index(ca)
-                sr, sc = shifts[i]
-                out[:, :, a, :, c] = y[:, sr:sr + h, sc:sc + w, i]
-        return out.view(b, factor * h, factor * w, o).permute(0, 3, 1, 2)
     y = y.view(b, n * n, o, h + 1, w + 1)
-    # Interleave straight into the output: (b, o, h, f, w, f) is the row-major layout of (b, o, fh, fw).
-    out = x.new_empty(b, o, h, factor, w, factor)
+    # Interleave straight into the output, allocated in x's layout: (b, o, h, f, w, f) is the row-major layout of
+    # (b, o, fh, fw), and (b, h, f, w, f, o) its channels-last layout.
+    if is_channels_last(x):
+        out = x.new_empty(b, h, factor, w, factor, o).permute(0, 5, 1, 2, 3, 4)
+    else:
+        out = x.new_empty(b, o, h, factor, w, factor)
     for a, ra in enumerate(phases):
         for c, ca in enumerate(phases):
             i = classes.index(ra) * n + classes.index(ca)
