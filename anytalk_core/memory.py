@@ -41,8 +41,8 @@ def map_large_allocations(threshold: int = 1 << 20) -> bool:
 def keep_freed_memory() -> bool:
     """Serve every allocation from the heap and keep freed memory there for the next frame's tensors: the opposite
     of :func:`map_large_allocations`. Mapped blocks cost the kernel fresh zero-filled pages on every allocation
-    (~2 GiB per full-size frame); measured on 8 full-size frames of the CLI on a 2-core AMD EPYC: 22-23 s against
-    33 s, with a peak of 1.15-1.36 GiB against 0.92. For one-shot processes (``anytalk animate --memory fast``),
+    (~2 GiB per full-size frame); measured on 8 full-size frames of the CLI on a 2-core AMD EPYC: 24-27 s against
+    36-40 s, with a peak of 1.10-1.36 GiB against 0.92. For one-shot processes (``anytalk animate --memory fast``),
     not for a host application's shared process. True when it was set."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):

@@ -16,7 +16,8 @@ thread count. Prints:
   full-size weights and on the bundled demo model with its own source and clip;
 - peak RSS of the streaming CLI at full size from our .safetensors and from a .pth.tar in face-vid2vid's released
   layout (with the discriminator and optimizer states), and at tiny widths for 100 vs 2,000 frames.
-All ratios come from this one run.
+The timings run with freed memory kept in the process (`memory.keep_freed_memory`, as `--memory fast`): glibc's
+default made the same path's time vary by +-15 % with what earlier rows had freed. All ratios come from this one run.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from anytalk_core.checkpoints import load_model, save_checkpoint  # noqa: E402
 from anytalk_core.engine import Engine, EngineConfig, cpu_bf16_support  # noqa: E402
+from anytalk_core.memory import keep_freed_memory  # noqa: E402
 from anytalk_core.models import blocks  # noqa: E402
 from anytalk_core.models.base import TransferOptions  # noqa: E402
 from anytalk_core.models.blocks import SPADE  # noqa: E402
@@ -168,6 +170,11 @@ def main() -> None:
     if args.rss_only:
         report_memory(bf16_cpu)
         return
+    # glibc's default maps a large block afresh or serves it from the heap depending on what was freed before, so
+    # the same path's time varied by +-15 % with the rows' order; kept freed memory makes every row pay for compute.
+    kept = keep_freed_memory()
+    print(f"allocator: freed memory kept in the process ({'memory.keep_freed_memory' if kept else 'not glibc: as is'}); "
+          "the memory section runs the CLI as users do (--memory lean)")
 
     model = build_model(ModelConfig())
     calibrate_batch_norm(model, 256)
