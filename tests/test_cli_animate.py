@@ -220,3 +220,23 @@ def test_auto_crop_and_output_size_are_reported_and_upscale_enlarges(files, tmp_
     assert animate(files, tmp_path / "no.mp4", "--upscale", "160", "--paste-back") == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "paste-back" in err[0] and not (tmp_path / "no.mp4").exists()
+
+
+def test_memory_modes_write_the_same_video(files, tmp_path):
+    """``--memory fast`` only changes where freed memory goes (a process-wide setting: each mode in its own process),
+    never the frames."""
+    import subprocess
+    import sys
+
+    from anytalk_core.media import read_video
+
+    frames = {}
+    for mode in ("lean", "fast"):
+        out = tmp_path / f"{mode}.mp4"
+        result = subprocess.run([sys.executable, "-m", "anytalk_app.cli", "animate", "--source", str(files / "source.png"),
+                                 "--driving", str(files / "driving.mp4"), "--checkpoint", str(files / "tiny.safetensors"),
+                                 "--out", str(out), "--quiet", "--memory", mode], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        frames[mode] = read_video(out, audio=False).frames
+    assert frames["lean"].shape[0] == 13
+    assert torch.equal(frames["lean"], frames["fast"])
