@@ -140,7 +140,7 @@ with the driver; the mouth opens only faintly."""
 
 # The engine's choices (anytalk_core.engine.PRECISION_CHOICES), spelled out so that --help needs no torch.
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-_PRECISION_HELP = ("number format of the networks. auto: bf16 on a CPU with amx_bf16 / avx512_bf16 (1.6-2.3x as "
+_PRECISION_HELP = ("number format of the networks. auto: bf16 on a CPU with amx_bf16 / avx512_bf16 (1.4-2.3x as "
                    "fast, within a grey level of fp32), else fp32; the run says which. On a GPU bf16 or fp16 "
                    "(fp16 may give black frames: then bf16)")
 

@@ -112,7 +112,7 @@ class AnyTalkLoadModel:
                                "other nodes need the memory. cpu works everywhere but is slow."}),
                 "precision": (PRECISIONS, {
                     "default": "auto",
-                    "tooltip": "auto: bf16 on a CPU with bf16 instructions (amx_bf16 / avx512_bf16: 1.5-2.3x as "
+                    "tooltip": "auto: bf16 on a CPU with bf16 instructions (amx_bf16 / avx512_bf16: 1.4-2.3x as "
                                "fast, frames within a grey level of fp32's), fp32 elsewhere (the log says which). "
                                "fp32 is exact; fp16/bf16 are faster on recent GPUs with small differences. "
                                "On CPUs without bf16 hardware fp32 is fastest."}),
