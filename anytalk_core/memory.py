@@ -19,6 +19,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Apply glibc ``mallopt`` (parameter, value) settings in order; False where there is no glibc or one is refused."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return all(libc.mallopt(param, value) for param, value in settings)
+
+
 def return_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise)."""
     libc = _libc()
@@ -32,10 +40,7 @@ def map_large_allocations(threshold: int = 1 << 20) -> bool:
     a frame's activations fragment it: measured on the full-size CLI run, its render stage peaked at 1.36 GiB
     with the default and 1.00 GiB with this.
     For one-shot processes (the CLI), not for a host application's shared process. True when it was set."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    return _mallopt((_M_MMAP_THRESHOLD, int(threshold)))
 
 
 def keep_freed_memory() -> bool:
@@ -44,7 +49,4 @@ def keep_freed_memory() -> bool:
     (~2 GiB per full-size frame); measured on 8 full-size frames of the CLI on a 2-core AMD EPYC: 24-27 s against
     36-40 s, with a peak of 1.10-1.36 GiB against 0.92. For one-shot processes (``anytalk animate --memory fast``),
     not for a host application's shared process. True when it was set."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30))

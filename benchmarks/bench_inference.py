@@ -239,7 +239,7 @@ def main() -> None:
     def plain_path() -> torch.Tensor:
         """The reference demo's loop, literally: everything per frame, batch 1, SPADE as written."""
         SPADE.fast_upsampled_modulation = False
-        model.generator.to(memory_format=torch.contiguous_format)  # the reference's layout
+        model.generator.channels_last = False  # the reference's layout (an engine row may have set it)
         out = []
         with torch.no_grad():
             canonical = model.canonical_keypoints(source)  # the demo computes the source keypoints once
