@@ -198,6 +198,18 @@ def test_non_finite_frames_stop_with_a_hint_and_oom_errors_point_to_the_readme(m
     assert cli._with_hint(ValueError("plain problem")) == "plain problem"
 
 
+def literal_block(block, x: torch.Tensor, seg: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+    """The reference's computation of a SPADE block on x nearest-upsampled (no inference shortcuts)."""
+    import torch.nn.functional as F
+
+    SPADE.fast_upsampled_modulation = False
+    try:
+        with torch.no_grad():
+            return block(F.interpolate(x, scale_factor=upsample) if upsample > 1 else x, seg)
+    finally:
+        SPADE.fast_upsampled_modulation = True
+
+
 def test_spade_blocks_normalise_before_upsampling_at_inference_only():
     """At inference a SPADE block given ``upsample`` normalises its input at its own size and upsamples the
     result (instance normalisation commutes with nearest upsampling): the same numbers as the literal block on
@@ -209,8 +221,8 @@ def test_spade_blocks_normalise_before_upsampling_at_inference_only():
     for fin, fout in ((16, 8), (8, 8)):  # a learned shortcut, then the identity shortcut
         block = SPADEResBlock(fin, fout, label_nc=6, hidden=12).eval()
         x, seg = torch.randn(2, fin, 8, 8), torch.rand(2, 6, 4, 4)
+        literal = literal_block(block, x, seg, upsample=2)
         with torch.no_grad():
-            literal = block(F.interpolate(x, scale_factor=2), seg)
             lazy = block(x, seg, upsample=2)
         assert lazy.shape == (2, fout, 16, 16)
         assert torch.allclose(lazy, literal, atol=1e-5), (lazy - literal).abs().max()
@@ -223,15 +235,16 @@ def test_spade_blocks_normalise_before_upsampling_at_inference_only():
 def test_channels_last_spade_blocks_equal_the_literal_contiguous_block(batch, size, upsample, weights_cl):
     """The engine's CPU layout: a SPADE block on channels-last maps (instance norm through batch norm for one
     image, the modulation by bands of rows, the upsampled map's convolution interleaved channels-last, the
-    spectral norm read in the kernel's own order) gives the literal contiguous block's numbers, channels-last."""
+    spectral norm read in the kernel's own order, the shortcut's projection folded into beta's convolution) gives
+    the literal contiguous block's numbers, channels-last."""
     import torch.nn.functional as F
     from anytalk_core.models.blocks import SPADEResBlock, is_channels_last
 
     torch.manual_seed(1)
     block = SPADEResBlock(16, 8, label_nc=6, hidden=12).eval()
     x, seg = torch.randn(batch, 16, size, size), torch.rand(batch, 6, 4 * size // 4, 4 * size // 4)
+    literal = literal_block(block, x, seg, upsample)
     with torch.no_grad():
-        literal = block(F.interpolate(x, scale_factor=upsample) if upsample > 1 else x, seg)
         if weights_cl:  # as the engine leaves them on CUDA (on the CPU the weights keep their layout)
             block.to(memory_format=torch.channels_last)
         fast = block(x.contiguous(memory_format=torch.channels_last), seg.contiguous(memory_format=torch.channels_last),

@@ -305,27 +305,54 @@ class SPADE(nn.Module):
         if torch.is_grad_enabled():
             actv = self.modulation_features(x, segmap)
             return F.instance_norm(x, eps=1e-5) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
-        # Inference: the same arithmetic in place, gamma and beta computed a channel group at a time, so
-        # besides x and the modulation features only the output map is alive at full size. Instance
-        # normalisation commutes with nearest upsampling (the same mean and variance), so an upsampled
-        # input is normalised at its own size and only the result is upsampled: the full-size x never exists.
+        out, actv = self._normalised(x, segmap, upsample)
+        return self._modulate(out, actv, shift=True)
+
+    def projected(self, x: torch.Tensor, segmap: torch.Tensor, projection: "SpectralNormConv2d",
+                  upsample: int = 1) -> torch.Tensor:
+        """``projection(self(x, segmap, upsample))`` for a 1x1 ``projection`` without bias. At inference the
+        projection, being linear, folds into beta's convolution: P(n(1 + gamma) + beta) = P(n(1 + gamma)) +
+        (P beta)(actv), where P beta is one 3x3 convolution to P's O channels instead of C (the learned shortcuts
+        project 512 -> 256 and 256 -> 64 channels)."""
+        if torch.is_grad_enabled() or not self.fast_upsampled_modulation:
+            return projection(self(x, segmap, upsample))
+        out, actv = self._normalised(x, segmap, upsample)
+        weight = projection.weight()
+        matrix, beta = weight.flatten(1), self.mlp_beta
+        with torch.autocast(matrix.device.type, enabled=False):  # fold in the weights' precision
+            beta_weight = (matrix @ beta.weight.flatten(1)).view(-1, *beta.weight.shape[1:])
+            beta_bias = matrix @ beta.bias
+        projected = F.conv2d(self._modulate(out, actv, shift=False), weight)
+        return projected.add_(F.conv2d(actv, beta_weight, beta_bias, padding=1))
+
+    def _normalised(self, x: torch.Tensor, segmap: torch.Tensor, upsample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instance-normalised ``x`` upsampled by ``upsample``, and the modulation features at its size.
+
+        Instance normalisation commutes with nearest upsampling (the same mean and variance), so an upsampled
+        input is normalised at its own size and only the result is upsampled: the full-size x never exists.
+        """
         out = instance_norm(x)
         if upsample > 1:
             out = F.interpolate(out, scale_factor=upsample)
-        actv = self.modulation_features(out, segmap)
+        return out, self.modulation_features(out, segmap)
+
+    def _modulate(self, out: torch.Tensor, actv: torch.Tensor, shift: bool) -> torch.Tensor:
+        """``out * (1 + gamma) (+ beta when shift)`` in place, gamma and beta computed a piece at a time, so
+        besides ``out`` and the modulation features no other map is alive at full size."""
         if is_channels_last(out):
-            return self._modulate_by_rows(out, actv)
+            return self._modulate_by_rows(out, actv, shift)
         group = max(1, out.shape[1] // 4)
         for start in range(0, out.shape[1], group):
             sl = slice(start, start + group)
             gamma = F.conv2d(actv, self.mlp_gamma.weight[sl], self.mlp_gamma.bias[sl], padding=1)
             out[:, sl].mul_(gamma.add_(1))
             del gamma
-            out[:, sl].add_(F.conv2d(actv, self.mlp_beta.weight[sl], self.mlp_beta.bias[sl], padding=1))
+            if shift:
+                out[:, sl].add_(F.conv2d(actv, self.mlp_beta.weight[sl], self.mlp_beta.bias[sl], padding=1))
         return out
 
-    def _modulate_by_rows(self, out: torch.Tensor, actv: torch.Tensor, bands: int = 4) -> torch.Tensor:
-        """The in-place modulation on channels-last maps, a band of rows at a time: in that layout a band is one
+    def _modulate_by_rows(self, out: torch.Tensor, actv: torch.Tensor, shift: bool, bands: int = 4) -> torch.Tensor:
+        """:meth:`_modulate` on channels-last maps, a band of rows at a time: in that layout a band is one
         contiguous block of ``out`` and of ``actv``, where a channel group would be strided. Each band's gamma and
         beta are convolved over the band and its two neighbouring rows."""
         h = out.shape[2]
@@ -338,7 +365,8 @@ class SPADE(nn.Module):
             rows, keep = actv[:, :, first:last], slice(top - first, bottom - first)
             band = out[:, :, top:bottom]
             band.mul_(F.conv2d(rows, self.mlp_gamma.weight, self.mlp_gamma.bias, padding=1)[:, :, keep].add_(1))
-            band.add_(F.conv2d(rows, self.mlp_beta.weight, self.mlp_beta.bias, padding=1)[:, :, keep])
+            if shift:
+                band.add_(F.conv2d(rows, self.mlp_beta.weight, self.mlp_beta.bias, padding=1)[:, :, keep])
         return out
 
 
@@ -363,7 +391,7 @@ class SPADEResBlock(nn.Module):
         inplace = not torch.is_grad_enabled()
         if not inplace and upsample > 1:
             x, upsample = F.interpolate(x, scale_factor=upsample), 1
-        shortcut = self.conv_s(self.norm_s(x, seg, upsample)) if self.learned_shortcut else None
+        shortcut = self.norm_s.projected(x, seg, self.conv_s, upsample) if self.learned_shortcut else None
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, upsample), 0.2, inplace=inplace))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2, inplace=inplace))
         if shortcut is None:
