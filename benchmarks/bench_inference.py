@@ -10,7 +10,8 @@ thread count. Prints:
 - the plain path (the reference demo's loop: per frame the frame's head pose, the keypoint transform, then
   the whole generator on the source image with the appearance volume recomputed, batch 1, the literal SPADE
   computation) against the engine in fp32 and bf16: ms/frame, ratio, fraction of the compute limit, and max
-  abs difference; the effect of each saving measured alone;
+  abs difference; the effect of each saving measured alone ("literal layers": without the exact rewrites of
+  `blocks.literal_computation`, i.e. the engine's scheduling and source caching only);
 - bf16 against the engine's fp32: speed-up and PSNR of its frames against fp32's, with the dense-motion heads and
   the image layer kept in fp32 (the engine's mixed precision) and with every layer in bf16, on the random
   full-size weights and on the bundled demo model with its own source and clip;
@@ -39,7 +40,7 @@ from anytalk_core.engine import Engine, EngineConfig, cpu_bf16_support  # noqa: 
 from anytalk_core.memory import keep_freed_memory  # noqa: E402
 from anytalk_core.models import blocks  # noqa: E402
 from anytalk_core.models.base import TransferOptions  # noqa: E402
-from anytalk_core.models.blocks import SPADE  # noqa: E402
+from anytalk_core.models.blocks import literal_computation  # noqa: E402
 from anytalk_core.models.config import ModelConfig, tiny_config  # noqa: E402
 from anytalk_core.models.face_vid2vid.reader import released_modules  # noqa: E402
 from anytalk_core.models.registry import build_model  # noqa: E402
@@ -213,10 +214,8 @@ def main() -> None:
 
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear, SpectralNormConv2d))]
-        SPADE.fast_upsampled_modulation = False  # count the reference computation
-        with torch.enable_grad():  # the module path (inference's in-place path calls convs functionally)
+        with literal_computation(), torch.enable_grad():  # count the reference computation, module by module
             fn(*inputs)
-        SPADE.fast_upsampled_modulation = True
         for h in handles:
             h.remove()
         return total
@@ -227,10 +226,8 @@ def main() -> None:
     stage_totals = {}
     for name, (fn, inputs) in stages.items():
         macs = stage_macs(fn, inputs)
-        SPADE.fast_upsampled_modulation = False
-        with torch.no_grad():
+        with literal_computation(), torch.no_grad():
             seconds = timed(lambda: fn(*inputs), 1)
-        SPADE.fast_upsampled_modulation = True
         limit = 2 * macs / flops
         stage_totals[name] = (seconds, macs)
         print(f"{name:28s} {seconds * 1e3:10.0f} {macs / 1e9:8.1f} {limit * 1e3:9.0f} {limit / seconds:9.0%}")
@@ -238,10 +235,9 @@ def main() -> None:
     # --- plain path vs engine ----------------------------------------------------------------------
     def plain_path() -> torch.Tensor:
         """The reference demo's loop, literally: everything per frame, batch 1, SPADE as written."""
-        SPADE.fast_upsampled_modulation = False
         model.generator.channels_last = False  # the reference's layout (an engine row may have set it)
         out = []
-        with torch.no_grad():
+        with literal_computation(), torch.no_grad():
             canonical = model.canonical_keypoints(source)  # the demo computes the source keypoints once
             src_motion = model.estimate_motion(source)
             kp_source = model.motion_keypoints(canonical, src_motion)
@@ -250,16 +246,13 @@ def main() -> None:
                 kp_driving = model.motion_keypoints(canonical, drv)
                 volume = model.encode_appearance(source)  # recomputed inside the generator every frame
                 out.append(model.decode(volume, kp_driving, kp_source)["prediction"])
-        SPADE.fast_upsampled_modulation = True
         return torch.cat(out)
 
     def engine_path(precision: str, fast: bool = True, channels_last: bool | None = None) -> torch.Tensor:
-        SPADE.fast_upsampled_modulation = fast
         engine = Engine(model, EngineConfig(device="cpu", precision=precision, chunk_size=4,
                                             channels_last=channels_last))
-        frames = torch.cat(list(animate_clip(engine, source, driving, TransferOptions(mode="absolute"))))
-        SPADE.fast_upsampled_modulation = True
-        return frames
+        with contextlib.nullcontext() if fast else literal_computation():
+            return torch.cat(list(animate_clip(engine, source, driving, TransferOptions(mode="absolute"))))
 
     n = driving.shape[0]
     total_macs = sum(m for _, m in stage_totals.values()) - stage_totals["appearance encoder"][1] \
@@ -278,7 +271,7 @@ def main() -> None:
     results = {}
     for label, precision, fast, cl in (("engine fp32 (channels-last)", "fp32", True, None),
                                        ("engine fp32, contiguous maps", "fp32", True, False),
-                                       ("engine fp32, no SPADE saving", "fp32", False, None),
+                                       ("engine fp32, literal layers", "fp32", False, None),
                                        ("engine bf16 (channels-last)", "bf16", True, None)):
         if precision == "bf16" and not bf16_cpu:
             print(f"({label}: skipped: this CPU has neither amx_bf16 nor avx512_bf16, so torch emulates bf16 many "

@@ -6,7 +6,7 @@ import torch
 
 from anytalk_core import engine as engine_module
 from anytalk_core.engine import Engine, EngineConfig, EngineInterrupted, resolve_precision, smooth_motion
-from anytalk_core.models.blocks import SPADE
+from anytalk_core.models.blocks import literal_computation
 from anytalk_core.models.config import tiny_config
 from anytalk_core.models.registry import build_model
 from anytalk_core.stages import animate_clip
@@ -40,13 +40,9 @@ def test_chunk_size_does_not_change_results(model, clip):
 
 def test_engine_matches_the_plain_reference_path(model, clip):
     source, driving = clip
-    SPADE.fast_upsampled_modulation = False
-    try:
-        with torch.no_grad():
-            plain = torch.cat([model.decode(*_plain_inputs(model, source, driving, i))["prediction"]
-                               for i in range(driving.shape[0])])
-    finally:
-        SPADE.fast_upsampled_modulation = True
+    with literal_computation(), torch.no_grad():
+        plain = torch.cat([model.decode(*_plain_inputs(model, source, driving, i))["prediction"]
+                           for i in range(driving.shape[0])])
     assert (run(model, clip, chunk_size=4) - plain).abs().max() <= 1e-4
 
 
@@ -202,12 +198,8 @@ def literal_block(block, x: torch.Tensor, seg: torch.Tensor, upsample: int = 1) 
     """The reference's computation of a SPADE block on x nearest-upsampled (no inference shortcuts)."""
     import torch.nn.functional as F
 
-    SPADE.fast_upsampled_modulation = False
-    try:
-        with torch.no_grad():
-            return block(F.interpolate(x, scale_factor=upsample) if upsample > 1 else x, seg)
-    finally:
-        SPADE.fast_upsampled_modulation = True
+    with literal_computation(), torch.no_grad():
+        return block(F.interpolate(x, scale_factor=upsample) if upsample > 1 else x, seg)
 
 
 def test_spade_blocks_normalise_before_upsampling_at_inference_only():
@@ -268,3 +260,71 @@ def test_the_cpu_engine_runs_the_generator_channels_last_unless_asked_not_to(mod
         assert (run(model, clip, chunk_size=4) - contiguous).abs().max() <= 1e-5
     finally:
         model.generator.channels_last = False
+
+
+@pytest.mark.parametrize("factor,size,channels_last", [(2, (5, 7), False), (3, (4, 3), False), (4, (3, 5), True),
+                                                       ((1, 2, 2), (3, 4, 5), False), ((2, 1, 3), (2, 3, 2), False)])
+def test_convolving_a_nearest_upsampled_map_at_low_resolution_equals_the_literal_convolution(factor, size,
+                                                                                          channels_last):
+    """SPADE's modulation features (2D, factor 2 and 4) and the hourglass's up blocks (3D, (1, 2, 2)) convolve the
+    low-res map with folded kernels and interleave: the numbers of convolving the upsampled map, any factor per axis,
+    in the input's layout."""
+    import torch.nn.functional as F
+    from anytalk_core.models.blocks import conv3x3_nearest_upsampled, is_channels_last
+
+    g = torch.Generator().manual_seed(3)
+    dims = len(size)
+    x = torch.randn(2, 5, *size, generator=g)
+    weight, bias = torch.randn(6, 5, *(3,) * dims, generator=g), torch.randn(6, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scale = (factor,) * dims if isinstance(factor, int) else factor
+    conv = F.conv2d if dims == 2 else F.conv3d
+    literal = conv(F.interpolate(x, scale_factor=scale), weight, bias, padding=1)
+    fast = conv3x3_nearest_upsampled(x, weight, bias, factor)
+    assert fast.shape == literal.shape == (2, 6, *(f * n for f, n in zip(scale, size)))
+    assert torch.allclose(fast, literal, atol=1e-5), (fast - literal).abs().max()
+    assert is_channels_last(fast) == channels_last
+
+
+@pytest.mark.parametrize("outputs,kernel,batch", [(1, 7, 1), (2, 3, 2)])
+def test_few_output_convolution_by_taps_equals_conv2d(outputs, kernel, batch):
+    """The occlusion head's 1-output 7x7 convolution as per-tap matrix products and shifted sums."""
+    import torch.nn.functional as F
+    from anytalk_core.models.blocks import conv2d_to_few_channels
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(batch, 40, 9, 6, generator=g)
+    weight, bias = torch.randn(outputs, 40, kernel, kernel, generator=g), torch.randn(outputs, generator=g)
+    expected = F.conv2d(x, weight, bias, padding=kernel // 2)
+    assert torch.allclose(conv2d_to_few_channels(x, weight, bias), expected, atol=1e-4)
+
+
+def test_up_blocks_and_occlusion_take_the_rewrites_at_inference_only():
+    """The dense motion network at inference (up blocks on >= 8x8 maps through the low-res convolution, the
+    occlusion head by taps) gives the literal network's outputs; inside ``literal_computation`` and with gradients
+    the modules run as written (their forward hooks fire)."""
+    from anytalk_core.models.config import DenseMotionConfig
+    from anytalk_core.models.dense_motion import DenseMotionNetwork
+
+    torch.manual_seed(2)
+    cfg = DenseMotionConfig(block_expansion=4, max_features=16, num_blocks=2, num_kp=3, feature_channels=4,
+                            compress=2, reshape_depth=4)
+    net = DenseMotionNetwork(cfg).eval()
+    feature = torch.randn(1, 4, 4, 16, 16)  # the up blocks see 4x4 (too small to pay off: literal) and 8x8 maps
+    kp_d, kp_s = torch.rand(1, 3, 3) * 2 - 1, torch.rand(1, 3, 3) * 2 - 1
+    calls = []
+    for name, module in (("4x4 up", net.hourglass.decoder.up_blocks[0].conv),
+                         ("8x8 up", net.hourglass.decoder.up_blocks[1].conv), ("occlusion", net.occlusion)):
+        module.register_forward_hook(lambda *_, name=name: calls.append(name))
+    with torch.no_grad():
+        fast = net(feature, kp_d, kp_s)
+        assert calls == ["4x4 up"]
+        with literal_computation():
+            literal = net(feature, kp_d, kp_s)
+        assert calls == ["4x4 up", "4x4 up", "8x8 up", "occlusion"]
+    for name in ("mask", "deformation", "occlusion_map"):
+        assert torch.allclose(fast[name], literal[name], atol=1e-5), name
+    calls.clear()
+    net(feature, kp_d, kp_s)  # training's path: the modules themselves
+    assert calls == ["4x4 up", "8x8 up", "occlusion"]

@@ -6,7 +6,8 @@ third-party weights load by prefix rewriting alone.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import itertools
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,25 @@ import torch.nn.functional as F
 
 
 KEEP_FP32_UNDER_BF16 = True  # False: those layers run in bf16 too (benchmarks/bench_inference.py compares both)
+_SHORTCUTS = True  # see literal_computation
+
+
+@contextlib.contextmanager
+def literal_computation() -> Iterator[None]:
+    """Inside, every layer computes as the reference implementation writes it: none of the exact rewrites below
+    (convolutions of nearest-upsampled maps at low resolution, SPADE's in-place modulation and folded shortcut,
+    per-tap products for few-output convolutions). For comparisons with the reference and for benchmarks."""
+    global _SHORTCUTS
+    saved, _SHORTCUTS = _SHORTCUTS, False
+    try:
+        yield
+    finally:
+        _SHORTCUTS = saved
+
+
+def inference_shortcuts() -> bool:
+    """The rewrites that only inference takes (they run in place or skip the module calls training hooks into)."""
+    return _SHORTCUTS and not torch.is_grad_enabled()
 
 
 def full_precision_under_bf16(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -75,8 +95,14 @@ class UpBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.interpolate(x, scale_factor=(1, 2, 2))
-        return F.relu(self.norm(self.conv(out)))
+        # Folding the kernel costs a pass over 1.8x its weights; it pays off from 8x8 low-res pixels (measured on
+        # the full-size hourglass: 1024 -> 512 channels at 2x2 took 175 ms instead of 42, 128 -> 32 at 32x32 17 ms
+        # instead of 39).
+        if inference_shortcuts() and self.conv.kernel_size == (3, 3, 3) and x.shape[-1] * x.shape[-2] >= 64:
+            out = conv3x3_nearest_upsampled(x, self.conv.weight, self.conv.bias, (1, 2, 2))
+        else:
+            out = self.conv(F.interpolate(x, scale_factor=(1, 2, 2)))
+        return F.relu(self.norm(out))
 
 
 class ResBlock3d(nn.Module):
@@ -222,53 +248,72 @@ def _phase_offsets(factor: int) -> list[tuple[int, ...]]:
 
 
 def _window_kernel(weight: torch.Tensor, offsets: tuple[int, ...], dim: int) -> tuple[torch.Tensor, int]:
-    """Fold the 3 taps along ``dim`` into a 2-tap window over low-res offsets (-1, 0) or (0, 1).
+    """Fold the 3 taps along ``dim`` into a window over low-res offsets: (-1, 0) or (0, 1) after an upsampling
+    (all offsets lie in one of them), (-1, 0, 1) without one.
 
-    Taps reading the same low-res pixel are summed. Returns the folded kernel and the window's shift
-    (0 for offsets (-1, 0), 1 for (0, 1)) in a 1-pixel zero-padded input.
+    Taps reading the same low-res pixel are summed. Returns the folded kernel and the window's first offset
+    + 1: where it starts in a 1-pixel zero-padded input.
     """
-    shift = 0 if min(offsets) < 0 else 1
-    window = (-1, 0) if shift == 0 else (0, 1)
+    first = min(offsets)
+    window = range(first, first + (3 if offsets == (-1, 0, 1) else 2))
     zero = torch.zeros_like(weight.select(dim, 0))
     parts = [sum((weight.select(dim, tap) for tap, o in enumerate(offsets) if o == u), zero) for u in window]
-    return torch.stack(parts, dim=dim), shift
+    return torch.stack(parts, dim=dim), first + 1
 
 
-def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int) -> torch.Tensor:
-    """``conv2d(interpolate(x, scale_factor=factor, mode='nearest'), weight, bias, padding=1)`` at low resolution.
+def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              factor: int | tuple[int, ...]) -> torch.Tensor:
+    """``conv(interpolate(x, scale_factor=factor, mode='nearest'), weight, bias, padding=1)`` at low resolution,
+    for 2D or 3D maps.
 
-    Output phase (a, b) of the upsampled image reads at most 2x2 distinct low-res pixels, so the 3x3
-    convolution equals one 2x2 convolution at the input's resolution with a kernel per distinct phase class
-    (4 classes for factor 2: 16 taps instead of 36 per low-res pixel; 9 for factor >= 3: 36 instead of
-    9 factor^2), whose outputs are interleaved. x (B, C, h, w), weight (O, C, 3, 3) -> (B, O, fh, fw);
-    equal up to float rounding.
+    Along an upsampled axis, output phase a reads at most 2 distinct low-res pixels, so the 3-tap convolution
+    equals a 2-tap one at the input's resolution with a kernel per distinct phase class (2 classes for factor 2,
+    3 for factor >= 3), whose outputs are interleaved; an axis with factor 1 keeps its 3 taps. In 2D at factor 2
+    that is 16 taps instead of 36 per low-res pixel; for the 3D hourglass's (1, 2, 2), 48 instead of 108.
+    x (B, C, *n), weight (O, C, 3, ...) -> (B, O, *(f n)); equal up to float rounding.
     """
-    b, _, h, w = x.shape
+    dims = x.dim() - 2
+    factors = (factor,) * dims if isinstance(factor, int) else tuple(factor)
+    b, n = x.shape[0], x.shape[2:]
     o = weight.shape[0]
-    phases = _phase_offsets(factor)
-    classes = sorted(set(phases))
-    kernels, shifts = [], []
-    for rows in classes:
-        w_rows, shift_r = _window_kernel(weight, rows, dim=2)
-        for cols in classes:
-            kernel, shift_c = _window_kernel(w_rows, cols, dim=3)
-            kernels.append(kernel)
-            shifts.append((shift_r, shift_c))
-    n = len(classes)
-    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels), None if bias is None else bias.repeat(n * n))
-    y = y.view(b, n * n, o, h + 1, w + 1)
-    # Interleave straight into the output, allocated in x's layout: (b, o, h, f, w, f) is the row-major layout of
-    # (b, o, fh, fw), and (b, h, f, w, f, o) its channels-last layout.
+    phases = [_phase_offsets(f) for f in factors]
+    classes = [sorted(set(p)) for p in phases]
+    kernels, starts = [weight], [()]
+    for axis in range(dims):  # every combination of classes, one axis at a time
+        folded = [(_window_kernel(k, c, dim=2 + axis), s) for k, s in zip(kernels, starts) for c in classes[axis]]
+        kernels = [k for (k, _), _ in folded]
+        starts = [s + (start,) for (_, start), s in folded]
+    conv = F.conv2d if dims == 2 else F.conv3d
+    padded = F.pad(x, (1, 1) * dims)
+    y = conv(padded, torch.cat(kernels), None if bias is None else bias.repeat(len(kernels)))
+    y = y.view(b, len(kernels), o, *y.shape[2:])
+    # Interleave straight into the output, allocated in x's layout: (b, o, n1, f1, n2, f2) is the row-major
+    # layout of (b, o, f1 n1, f2 n2), and (b, n1, f1, n2, f2, o) its channels-last layout.
+    interleaved = [size for pair in zip(n, factors) for size in pair]
     if is_channels_last(x):
-        out = x.new_empty(b, h, factor, w, factor, o).permute(0, 5, 1, 2, 3, 4)
+        out = x.new_empty(b, *interleaved, o).permute(0, 2 * dims + 1, *range(1, 2 * dims + 1))
     else:
-        out = x.new_empty(b, o, h, factor, w, factor)
-    for a, ra in enumerate(phases):
-        for c, ca in enumerate(phases):
-            i = classes.index(ra) * n + classes.index(ca)
-            sr, sc = shifts[i]
-            out[:, :, :, a, :, c] = y[:, i, :, sr:sr + h, sc:sc + w]
-    return out.view(b, o, factor * h, factor * w)
+        out = x.new_empty(b, o, *interleaved)
+    for phase in itertools.product(*(range(f) for f in factors)):
+        index = 0
+        for axis, a in enumerate(phase):
+            index = index * len(classes[axis]) + classes[axis].index(phases[axis][a])
+        window = tuple(slice(start, start + size) for start, size in zip(starts[index], n))
+        out[(slice(None), slice(None)) + tuple(v for pair in zip((slice(None),) * dims, phase) for v in pair)] = \
+            y[(slice(None), index, slice(None)) + window]
+    return out.view(b, o, *(f * size for f, size in zip(factors, n)))
+
+
+def conv2d_to_few_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=k // 2)`` for a wide input and a few outputs, as one matrix product per
+    tap followed by shifted sums: oneDNN runs the occlusion head's 1792 -> 1, 7x7 convolution at 15 GMAC/s, ~3.5x
+    slower than this. x (B, C, H, W), weight (O, C, k, k), k odd -> (B, O, H, W)."""
+    b, c, h, w = x.shape
+    o, k = weight.shape[0], weight.shape[-1]
+    taps = torch.matmul(weight.permute(0, 2, 3, 1).reshape(o * k * k, c), x.reshape(b, c, h * w))
+    # A grouped convolution with one-hot kernels adds tap (i, j)'s plane shifted by (i, j) - k // 2.
+    select = torch.eye(k * k, dtype=taps.dtype, device=taps.device).repeat(o, 1).view(o, k * k, k, k)
+    return F.conv2d(taps.view(b, o * k * k, h, w), select, bias, padding=k // 2, groups=o)
 
 
 class SPADE(nn.Module):
@@ -277,10 +322,8 @@ class SPADE(nn.Module):
     When ``x`` is an integer multiple of the map's size, the map's 3x3 convolution runs at the map's own
     resolution (:func:`conv3x3_nearest_upsampled`), which equals convolving the nearest-upsampled map, and an
     input to be upsampled is normalised before it is upsampled (inference).
-    ``fast_upsampled_modulation = False`` restores the reference's literal computation.
+    Inside :func:`literal_computation` it computes as the reference writes it.
     """
-
-    fast_upsampled_modulation = True
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128):
         super().__init__()
@@ -292,7 +335,7 @@ class SPADE(nn.Module):
         """ReLU(conv3x3(segmap resized to x by nearest))."""
         (h, w), (sh, sw) = x.shape[2:], segmap.shape[2:]
         factor = h // sh
-        if self.fast_upsampled_modulation and factor > 1 and h == factor * sh and w == factor * sw:
+        if _SHORTCUTS and factor > 1 and h == factor * sh and w == factor * sw:
             conv = self.mlp_shared[0]
             return F.relu(conv3x3_nearest_upsampled(segmap, conv.weight, conv.bias, factor),
                           inplace=not torch.is_grad_enabled())
@@ -300,9 +343,9 @@ class SPADE(nn.Module):
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor, upsample: int = 1) -> torch.Tensor:
         """``upsample``: normalise and modulate ``x`` nearest-upsampled by this factor."""
-        if upsample > 1 and (torch.is_grad_enabled() or not self.fast_upsampled_modulation):
+        if upsample > 1 and not inference_shortcuts():
             x, upsample = F.interpolate(x, scale_factor=upsample), 1  # the literal computation
-        if torch.is_grad_enabled():
+        if not inference_shortcuts():
             actv = self.modulation_features(x, segmap)
             return F.instance_norm(x, eps=1e-5) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
         out, actv = self._normalised(x, segmap, upsample)
@@ -314,7 +357,7 @@ class SPADE(nn.Module):
         projection, being linear, folds into beta's convolution: P(n(1 + gamma) + beta) = P(n(1 + gamma)) +
         (P beta)(actv), where P beta is one 3x3 convolution to P's O channels instead of C (the learned shortcuts
         project 512 -> 256 and 256 -> 64 channels)."""
-        if torch.is_grad_enabled() or not self.fast_upsampled_modulation:
+        if not inference_shortcuts():
             return projection(self(x, segmap, upsample))
         out, actv = self._normalised(x, segmap, upsample)
         weight = projection.weight()

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..geometry import coordinate_grid_3d, grid_sample_3d, keypoint_gaussians
-from .blocks import Hourglass3d, full_precision_under_bf16
+from .blocks import Hourglass3d, conv2d_to_few_channels, full_precision_under_bf16, inference_shortcuts
 from .config import DenseMotionConfig
 
 
@@ -56,5 +56,8 @@ class DenseMotionNetwork(nn.Module):
             deformation = (motions.permute(0, 1, 5, 2, 3, 4) * mask.unsqueeze(2)).sum(dim=1).permute(0, 2, 3, 4, 1)
             out = {"mask": mask, "deformation": deformation}
             if self.cfg.estimate_occlusion_map:
-                out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.reshape(b, -1, h, w)))
+                flat = prediction.reshape(b, -1, h, w)
+                occlusion = (conv2d_to_few_channels(flat, self.occlusion.weight, self.occlusion.bias)
+                             if inference_shortcuts() else self.occlusion(flat))
+                out["occlusion_map"] = torch.sigmoid(occlusion)
         return out
