@@ -366,6 +366,7 @@ class SPADE(nn.Module):
             beta_weight = (matrix @ beta.weight.flatten(1)).view(-1, *beta.weight.shape[1:])
             beta_bias = matrix @ beta.bias
         projected = F.conv2d(self._modulate(out, actv, shift=False), weight)
+        del out  # the C-channel map goes before beta's O-channel map is made: peak memory as the literal block's
         return projected.add_(F.conv2d(actv, beta_weight, beta_bias, padding=1))
 
     def _normalised(self, x: torch.Tensor, segmap: torch.Tensor, upsample: int) -> tuple[torch.Tensor, torch.Tensor]:
