@@ -11,8 +11,9 @@ thread count. Prints:
   the whole generator on the source image with the appearance volume recomputed, batch 1, the literal SPADE
   computation) against the engine in fp32 and bf16: ms/frame, ratio, fraction of the compute limit, and max
   abs difference. Per frame = (T(n+1 frames) - T(1 frame)) / n, each the best of two runs: the work a long clip
-  pays per frame, without the one-off source encoding; the effect of each saving measured alone ("literal layers": without the exact rewrites of
-  `blocks.literal_computation`, i.e. the engine's scheduling and source caching only);
+  pays per frame, without the one-off source encoding. The effect of each saving measured alone ("literal
+  layers": inside `blocks.literal_computation`, without the exact rewrites: the engine's scheduling and source
+  caching only);
 - bf16 against the engine's fp32: speed-up and PSNR of its frames against fp32's, with the dense-motion heads and
   the image layer kept in fp32 (the engine's mixed precision) and with every layer in bf16, on the random
   full-size weights and on the bundled demo model with its own source and clip;

@@ -254,8 +254,10 @@ def _window_kernel(weight: torch.Tensor, offsets: tuple[int, ...], dim: int) -> 
     Taps reading the same low-res pixel are summed. Returns the folded kernel and the window's first offset
     + 1: where it starts in a 1-pixel zero-padded input.
     """
+    if offsets == (-1, 0, 1):  # an axis that is not upsampled: nothing to fold (and no copy of the weights)
+        return weight, 0
     first = min(offsets)
-    window = range(first, first + (3 if offsets == (-1, 0, 1) else 2))
+    window = (first, first + 1)
     zero = torch.zeros_like(weight.select(dim, 0))
     parts = [sum((weight.select(dim, tap) for tap, o in enumerate(offsets) if o == u), zero) for u in window]
     return torch.stack(parts, dim=dim), first + 1
@@ -294,13 +296,12 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
         out = x.new_empty(b, *interleaved, o).permute(0, 2 * dims + 1, *range(1, 2 * dims + 1))
     else:
         out = x.new_empty(b, o, *interleaved)
+    combinations = list(itertools.product(*classes))  # the kernels' order
     for phase in itertools.product(*(range(f) for f in factors)):
-        index = 0
-        for axis, a in enumerate(phase):
-            index = index * len(classes[axis]) + classes[axis].index(phases[axis][a])
+        index = combinations.index(tuple(phases[axis][a] for axis, a in enumerate(phase)))
         window = tuple(slice(start, start + size) for start, size in zip(starts[index], n))
-        out[(slice(None), slice(None)) + tuple(v for pair in zip((slice(None),) * dims, phase) for v in pair)] = \
-            y[(slice(None), index, slice(None)) + window]
+        target = tuple(itertools.chain.from_iterable((slice(None), a) for a in phase))  # (:, a1, :, a2, ...)
+        out[(slice(None), slice(None)) + target] = y[(slice(None), index, slice(None)) + window]
     return out.view(b, o, *(f * size for f, size in zip(factors, n)))
 
 
@@ -343,9 +344,9 @@ class SPADE(nn.Module):
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor, upsample: int = 1) -> torch.Tensor:
         """``upsample``: normalise and modulate ``x`` nearest-upsampled by this factor."""
-        if upsample > 1 and not inference_shortcuts():
-            x, upsample = F.interpolate(x, scale_factor=upsample), 1  # the literal computation
-        if not inference_shortcuts():
+        if not inference_shortcuts():  # the literal computation
+            if upsample > 1:
+                x = F.interpolate(x, scale_factor=upsample)
             actv = self.modulation_features(x, segmap)
             return F.instance_norm(x, eps=1e-5) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
         out, actv = self._normalised(x, segmap, upsample)
